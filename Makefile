@@ -1,0 +1,31 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   create .venv, install, run the whole chain on the embedded sample (CPU, minutes)
+#   make test   create .venv if missing, install the dev extras, run the tests
+# GPU users: install the torch build for your CUDA into .venv first (see README); it is kept.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Used only when .venv has no torch yet. On a CPU machine without a local build, use the CPU index:
+#   make demo TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+TORCH ?= torch==2.13.0
+
+.PHONY: install demo test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install $(TORCH)
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
+
+test: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+
+clean:
+	rm -rf runs/demo

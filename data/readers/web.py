@@ -1,0 +1,88 @@
+"""Web text: JSON lines, Parquet, CSV/TSV with a named text column, plain text."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from data.readers import Source, make_record, numbered_lines, read_text_file, reader
+
+
+def _from_row(source: Source, path: Path, position: int, row: dict[str, Any], where: str) -> dict[str, Any]:
+    text = row.get(source.text_field)
+    lang = row.get(source.lang_field) if source.lang_field else None
+    extra = {k: v for k, v in row.items() if k not in (source.text_field, source.lang_field)}
+    meta = {"where": where, **({"fields": extra} if extra else {})}
+    if text is None:
+        return make_record(source, path, position, "", read_error=f"missing_field:{source.text_field}", **meta)
+    if not isinstance(text, str):
+        return make_record(source, path, position, str(text), read_error=f"not_text:{source.text_field}", **meta)
+    return make_record(source, path, position, text, lang=lang, **meta)
+
+
+@reader("jsonl")
+def read_jsonl(source: Source, path: Path) -> Iterator[dict[str, Any]]:
+    for position, where, line in numbered_lines(path):
+        if line is None:
+            yield make_record(source, path, position, "", read_error="invalid_utf8", where=where)
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            yield make_record(source, path, position, line, read_error=f"invalid_json:{err.msg}", where=where)
+            continue
+        if isinstance(row, dict):
+            yield _from_row(source, path, position, row, where)
+        else:
+            yield make_record(source, path, position, line, read_error="not_an_object", where=where)
+
+
+@reader("parquet")
+def read_parquet(source: Source, path: Path) -> Iterator[dict[str, Any]]:
+    position = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            yield _from_row(source, path, position, row, f"row {position}")
+            position += 1
+
+
+@reader("csv", "tsv")
+def read_delimited(source: Source, path: Path) -> Iterator[dict[str, Any]]:
+    text = read_text_file(path)
+    if text is None:
+        yield make_record(source, path, 0, "", read_error="invalid_utf8", where="file")
+        return
+    rows = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if source.format == "tsv" else ",")
+    if source.text_field not in (rows.fieldnames or []):
+        raise ValueError(
+            f"source '{source.name}': {path} has no column {source.text_field!r} "
+            f"(columns: {', '.join(rows.fieldnames or [])}); set text_field in the recipe"
+        )
+    for position, row in enumerate(rows):
+        yield _from_row(source, path, position, row, f"record {position + 1}")
+
+
+_BLANK_LINES = re.compile(r"\n[ \t]*\n+")
+
+
+@reader("txt")
+def read_txt(source: Source, path: Path) -> Iterator[dict[str, Any]]:
+    if source.unit == "line":
+        for position, where, line in numbered_lines(path):
+            error = "invalid_utf8" if line is None else None
+            yield make_record(source, path, position, line or "", read_error=error, where=where)
+        return
+    text = read_text_file(path)
+    if text is None:
+        yield make_record(source, path, 0, "", read_error="invalid_utf8", where="file")
+        return
+    parts = [text] if source.unit == "file" else [p for p in _BLANK_LINES.split(text) if p.strip()]
+    for position, part in enumerate(parts):
+        yield make_record(source, path, position, part.strip(), where=source.unit)

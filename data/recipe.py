@@ -1,0 +1,258 @@
+"""Recipes: YAML files read into dataclasses, with ``--dotted.key value`` overrides from the command line.
+
+Every script takes ``--config FILE`` plus overrides. A key the dataclass does not have is an error
+that names the key, where it came from (the file, or the command line) and the closest valid key.
+YAML is read with ``yaml.safe_load``; override values are parsed as YAML too, so ``--quality.min_words 5``
+gives an int and ``--languages "[hi, bn]"`` a list.
+
+Training recipes go through TRL's ``TrlParser`` instead (see ``training/config.py``), which reports
+unknown keys through :func:`unknown_key_error` so both kinds of recipe fail the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+T = TypeVar("T")
+
+
+class RecipeError(ValueError):
+    """A recipe or command-line override that cannot be used, with the place and the fix in its message."""
+
+
+def unknown_key_error(key: str, valid: typing.Iterable[str], where: str) -> RecipeError:
+    valid = sorted(set(valid))
+    leaf = key.rsplit(".", 1)[-1]
+    prefix = key[: -len(leaf)]
+    close = difflib.get_close_matches(leaf, valid, n=1, cutoff=0.5)
+    hint = f"did you mean '{prefix}{close[0]}'?" if close else f"valid keys here: {', '.join(valid)}"
+    return RecipeError(f"{where}: unknown key '{key}'; {hint}")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}")
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML: {err}") from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise RecipeError(f"{path}: a recipe must be a YAML mapping of keys to values, got {type(content).__name__}")
+    return content
+
+
+def parse_overrides(argv: list[str]) -> list[tuple[str, Any]]:
+    """``["--a.b", "1", "--flag", "--c", "x"]`` -> ``[("a.b", 1), ("flag", True), ("c", "x")]``."""
+    pairs: list[tuple[str, Any]] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if not token.startswith("--") or len(token) == 2:
+            raise RecipeError(f"command line: expected '--key value', got {token!r}")
+        key, eq, inline = token[2:].partition("=")
+        if eq:
+            raw, i = inline, i + 1
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            raw, i = argv[i + 1], i + 2
+        else:
+            raw, i = "true", i + 1  # a bare flag switches a boolean on
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        pairs.append((key, value))
+    return pairs
+
+
+def set_dotted(mapping: dict[str, Any], key: str, value: Any, *, append: bool = False) -> None:
+    """Set ``a.b.0.c`` inside nested dicts and lists, creating dicts on the way."""
+    parts = key.split(".")
+    node: Any = mapping
+    for part in parts[:-1]:
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise RecipeError(f"command line: '{key}': index {part!r} is not in a list of {len(node)}")
+            node = node[int(part)]
+        else:
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+    last = parts[-1]
+    if append and isinstance(node.get(last), list):
+        node[last] = node[last] + (value if isinstance(value, list) else [value])
+    else:
+        node[last] = value
+
+
+def build(cls: type[T], values: dict[str, Any], where: str, prefix: str = "") -> T:
+    """Make a `cls` dataclass from a mapping, checking every key and value."""
+    if not isinstance(values, dict):
+        raise RecipeError(f"{where}: '{prefix.rstrip('.') or cls.__name__}' must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise unknown_key_error(f"{prefix}{key}", fields, where)
+        kwargs[key] = _coerce(hints[key], value, where, f"{prefix}{key}")
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise RecipeError(f"{where}: missing required key(s): {', '.join(prefix + m for m in missing)}")
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as err:
+        raise RecipeError(f"{where}: {prefix.rstrip('.') or cls.__name__}: {err}") from None
+
+
+def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, where, key)
+            except RecipeError as err:
+                errors.append(str(err))
+        raise RecipeError(errors[0])
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value if value is not None else {}, where, f"{key}.")
+    if origin is Literal:
+        if value not in args:
+            raise RecipeError(f"{where}: '{key}' must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            value = [value]
+        return [_coerce(args[0] if args else Any, v, where, f"{key}.{i}") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{where}: '{key}' must be a mapping, got {value!r}")
+        return {k: _coerce(args[1] if args else Any, v, where, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise RecipeError(f"{where}: '{key}' must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise RecipeError(f"{where}: '{key}' must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise RecipeError(f"{where}: '{key}' must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise RecipeError(f"{where}: '{key}' must be a string, got {value!r}")
+    raise TypeError(f"recipe field '{key}' has a type the loader does not handle: {tp!r}")
+
+
+def load(cls: type[T], config: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Read `config` (if given), apply command-line `overrides`, and build a `cls`."""
+    values: dict[str, Any] = read_yaml(config) if config else {}
+    where = str(config) if config else "recipe"
+    seen: set[str] = set()
+    for key, value in parse_overrides(overrides or []):
+        _check_path(cls, key)
+        set_dotted(values, key, value, append=key in seen)
+        seen.add(key)
+    return build(cls, values, where)
+
+
+def _check_path(cls: type, key: str) -> None:
+    """Fail on an override key that does not exist before it is merged, so the error says 'command line'."""
+    tp: Any = cls
+    walked: list[str] = []
+    for part in key.split("."):
+        while typing.get_origin(tp) in (Union, types.UnionType):
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        if typing.get_origin(tp) in (list, tuple) and part.isdigit():
+            tp = typing.get_args(tp)[0]
+        elif typing.get_origin(tp) is dict:
+            tp = typing.get_args(tp)[1]
+        elif dataclasses.is_dataclass(tp):
+            hints = typing.get_type_hints(tp)
+            if part not in hints:
+                raise unknown_key_error(".".join([*walked, part]), hints, "command line")
+            tp = hints[part]
+        else:
+            return
+        walked.append(part)
+
+
+def describe(cls: type, prefix: str = "") -> list[str]:
+    """One line per key with its default and help, for ``--help``."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        help_text = f.metadata.get("help", "")
+        if dataclasses.is_dataclass(tp):
+            lines.append(f"  {prefix}{f.name}:  {help_text}".rstrip())
+            lines.extend(describe(tp, f"{prefix}{f.name}."))
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f" (default: {f.default!r})"
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f" (default: {f.default_factory()!r})"
+        else:
+            default = " (required)"
+        lines.append(f"  --{prefix}{f.name}{default}  {help_text}".rstrip())
+    return lines
+
+
+def parse_cli(cls: type[T], argv: list[str] | None = None, description: str = "") -> T:
+    """The command line of a script: ``[--config FILE] [--key value ...]``; errors exit with the message."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(description.strip() + "\n\nusage: --config FILE [--key value ...]\n\nkeys:")
+        print("\n".join(describe(cls)))
+        raise SystemExit(0)
+    config = None
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise SystemExit("error: --config needs a file")
+        config = argv[i + 1]
+        del argv[i : i + 2]
+    try:
+        return load(cls, config, argv)
+    except RecipeError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+def field(default: Any = dataclasses.MISSING, *, help: str = "", default_factory: Any = dataclasses.MISSING) -> Any:
+    """``dataclasses.field`` with a help text shown by ``--help``."""
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def to_dict(obj: Any) -> Any:
+    """A recipe dataclass as plain YAML-able values (for the resolved recipe written next to outputs)."""
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj

@@ -1,0 +1,120 @@
+"""asr: clean speech transcripts (records of kind ``asr``; one text line per segment).
+
+Drops segments the recogniser itself scored as unreliable (Whisper's ``avg_logprob`` and
+``no_speech_prob``), removes event tags, speaker labels and the language's fillers, collapses
+stutters and repetition loops (a phrase said three or more times in a row, as in a "धन्यवाद" loop on
+silent audio), and merges the segments into paragraphs at pauses. Loops are found on words, not on
+UTF-8 compression ratios, which call ordinary Hindi repetitive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+import regex
+
+from data import languages
+from data.recipe import field
+from data.stages import Record, Stage
+
+_TAG = regex.compile(
+    r"\[[^\]\n]{1,40}\]|<[^>\n]{1,20}>|\((?:laughter|laughs|applause|music|noise|inaudible|cough|silence|"
+    r"हंसी|हँसी|तालियाँ|संगीत|சிரிப்பு|இசை|হাসি|সঙ্গীত|నవ్వు|సంగీతం)\)",
+    regex.IGNORECASE,
+)
+# ">>", "SPEAKER_01:", or a one- or two-word name, maybe numbered ("वक्ता 2:"), and a colon opening a segment.
+_SPEAKER = regex.compile(r"^\s*(?:>>|(?:SPEAKER_\d+|[\p{L}\p{M}]+(?: [\p{L}\p{M}]+)?(?: ?\d+)?)\s*:)\s*")
+
+
+def collapse_loops(words: list[str], min_repeats: int = 3, max_ngram: int = 8) -> tuple[list[str], int]:
+    """Replace any k-gram repeated `min_repeats`+ times in a row with one copy; return words, words removed."""
+    out: list[str] = []
+    removed = 0
+    i = 0
+    while i < len(words):
+        for k in range(1, min(max_ngram, (len(words) - i) // min_repeats) + 1):
+            gram = words[i : i + k]
+            repeats = 1
+            while words[i + repeats * k : i + (repeats + 1) * k] == gram:
+                repeats += 1
+            if repeats >= min_repeats:
+                out.extend(gram)
+                removed += (repeats - 1) * k
+                i += repeats * k
+                break
+        else:
+            out.append(words[i])
+            i += 1
+    return out, removed
+
+
+@dataclass
+class AsrConfig:
+    enabled: bool = True
+    min_avg_logprob: float = field(-1.0, help="drop a segment scored below this (Whisper's logprob_threshold)")
+    max_no_speech_prob: float = field(0.6, help="drop a segment more likely silence than speech")
+    paragraph_pause: float = field(2.0, help="seconds of silence between segments that start a new paragraph")
+    max_loop_fraction: float = field(0.5, help="drop a transcript when loops make up more of its words than this")
+
+
+class Asr(Stage):
+    name = "asr"
+    kinds = ("asr",)
+    columns = {
+        "asr_segments_dropped": pa.int32(),
+        "asr_tags_removed": pa.int32(),
+        "asr_fillers_removed": pa.int32(),
+        "asr_loop_words_removed": pa.int32(),
+    }
+
+    def __init__(self, config: AsrConfig):
+        self.config = config
+
+    def _unreliable(self, segment: dict) -> bool:
+        return segment.get("avg_logprob", 0.0) < self.config.min_avg_logprob or (
+            segment.get("no_speech_prob", 0.0) > self.config.max_no_speech_prob
+        )
+
+    def process(self, record: Record) -> str | None:
+        fillers = set(languages.get(record["lang"]).fillers) if record["lang"] else set()
+        lines = record["text"].split("\n")
+        segments = record["meta"].get("segments") or [{} for _ in lines]
+        if len(segments) != len(lines):  # text edited before this stage: judge lines without scores
+            segments = [{} for _ in lines]
+        counts = dict.fromkeys(self.columns, 0)
+        cleaned: list[tuple[list[str], dict]] = []
+        for line, segment in zip(lines, segments):
+            if self._unreliable(segment):
+                counts["asr_segments_dropped"] += 1
+                continue
+            line, tags = _TAG.subn(" ", _SPEAKER.sub("", line))
+            counts["asr_tags_removed"] += tags
+            words = line.split()
+            kept = [w for w in words if w.strip(".,!?।") not in fillers]
+            counts["asr_fillers_removed"] += len(words) - len(kept)
+            if kept:
+                cleaned.append((kept, segment))
+        total_words = sum(len(words) for words, _ in cleaned) or 1
+        paragraphs: list[list[str]] = []
+        previous_end = None
+        for words, segment in cleaned:
+            pause = segment.get("start") is not None and previous_end is not None and (
+                segment["start"] - previous_end >= self.config.paragraph_pause
+            )
+            if not paragraphs or pause:
+                paragraphs.append([])
+            paragraphs[-1].extend(words)
+            previous_end = segment.get("end", previous_end)
+        texts = []
+        for words in paragraphs:  # loops often span segments ("धन्यवाद।" as ten segments)
+            words, removed = collapse_loops(words)
+            counts["asr_loop_words_removed"] += removed
+            texts.append(" ".join(words))
+        record.update(counts)
+        record["text"] = "\n\n".join(texts)
+        if not record["text"].strip():
+            return "asr_empty"
+        if counts["asr_loop_words_removed"] / total_words > self.config.max_loop_fraction:
+            return "asr_repetition_loop"
+        return None

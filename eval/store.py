@@ -1,0 +1,86 @@
+"""The leaderboard store: every evaluation appends a run and its scores to one SQLite file.
+
+Several evaluations may write at once: each opens the database with a generous busy timeout, in WAL
+mode, and writes a run and its scores in a single transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created TEXT NOT NULL,
+    label TEXT NOT NULL,            -- how the model is shown: its folder or hub id, plus the adapter
+    model TEXT NOT NULL,            -- model id or folder the weights came from
+    adapter TEXT,                   -- adapter folder, if any
+    base_label TEXT,                -- the run's comparison base (label), NULL for a base itself
+    suite TEXT NOT NULL,
+    tokenizer_sha256 TEXT,
+    code_commit TEXT,
+    lineage TEXT                    -- JSON: the training lineage.json of the model/adapter, if any
+);
+CREATE TABLE IF NOT EXISTS scores (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    task TEXT NOT NULL,
+    lang TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value REAL NOT NULL,
+    n INTEGER,                      -- items (text chunks, questions) behind the value
+    delta REAL,                     -- value minus the base's value on the same items
+    delta_low REAL,                 -- 95% paired bootstrap interval of delta
+    delta_high REAL
+);
+CREATE INDEX IF NOT EXISTS scores_by_run ON scores(run_id);
+"""
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(path, timeout=120)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.executescript(SCHEMA)
+    return connection
+
+
+def add_run(path: str | Path, run: dict[str, Any], scores: list[dict[str, Any]]) -> int:
+    connection = connect(path)
+    try:
+        with connection:  # one transaction: the run and all its scores, or nothing
+            cursor = connection.execute(
+                "INSERT INTO runs (created, label, model, adapter, base_label, suite, tokenizer_sha256, code_commit,"
+                " lineage) VALUES (:created, :label, :model, :adapter, :base_label, :suite, :tokenizer_sha256,"
+                " :code_commit, :lineage)",
+                {**run, "lineage": json.dumps(run.get("lineage"), ensure_ascii=False)},
+            )
+            run_id = cursor.lastrowid
+            connection.executemany(
+                "INSERT INTO scores (run_id, task, lang, metric, value, n, delta, delta_low, delta_high) VALUES"
+                " (:run_id, :task, :lang, :metric, :value, :n, :delta, :delta_low, :delta_high)",
+                [{"delta": None, "delta_low": None, "delta_high": None, **s, "run_id": run_id} for s in scores],
+            )
+    finally:
+        connection.close()
+    return run_id
+
+
+def latest_runs(path: str | Path) -> list[dict[str, Any]]:
+    """The newest run of each label, with its scores, oldest label first."""
+    connection = connect(path)
+    connection.row_factory = sqlite3.Row
+    try:
+        runs = connection.execute(
+            "SELECT * FROM runs WHERE id IN (SELECT MAX(id) FROM runs GROUP BY label) ORDER BY id"
+        ).fetchall()
+        result = []
+        for run in runs:
+            scores = connection.execute("SELECT * FROM scores WHERE run_id = ?", (run["id"],)).fetchall()
+            result.append({**dict(run), "lineage": json.loads(run["lineage"] or "null"),
+                           "scores": [dict(s) for s in scores]})
+        return result
+    finally:
+        connection.close()

@@ -1,0 +1,26 @@
+"""Score a checkpoint and its base model on Indic tasks and record both on the leaderboard.
+
+    python scripts/evaluate.py --config recipes/eval/<suite>.yaml --model ID_OR_DIR [--adapter DIR ...] [--base ID_OR_DIR]
+"""
+
+from data.recipe import parse_cli
+from eval.suite import EvalConfig, evaluate
+
+
+def main() -> None:
+    config = parse_cli(EvalConfig, description=__doc__)
+    results = evaluate(config)
+    for run in results["runs"]:
+        print(run["label"])
+        for score in run["scores"]:
+            delta = ""
+            if score.get("delta") is not None:
+                delta = f"  {score['delta']:+.4f}"
+                if score.get("delta_low") is not None:
+                    delta += f" [{score['delta_low']:+.4f}, {score['delta_high']:+.4f}]"
+            print(f"  {score['task']:<16} {score['lang']:<4} {score['metric']:<20} {score['value']:.4f}{delta}")
+    print(f"results: {config.output_dir}/results.json; leaderboard store: {config.db}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Shared fixtures: the repository, the real data beside it, the prepared sample, tiny tokenizers and models."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "data" / "sample"
+
+
+def shared_data_dir() -> Path:
+    return Path(os.environ.get("INDICTUNE_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data; tests that need it skip only when it is absent and CI is unset."""
+    path = shared_data_dir()
+    if not path.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but the shared data is missing at {path} (set INDICTUNE_SHARED_DATA)")
+        pytest.skip(f"no shared data at {path} (set INDICTUNE_SHARED_DATA)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _run_from_repo(monkeypatch):
+    """Recipes name paths relative to the repository, as users run them."""
+    monkeypatch.chdir(REPO)
+
+
+@pytest.fixture(scope="session")
+def planted() -> dict:
+    return json.loads((SAMPLE / "planted.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def prepared_sample(tmp_path_factory) -> tuple[Path, dict]:
+    """The sample corpus through the data pipeline: (output dir, report)."""
+    from data import pipeline, recipe
+
+    out = tmp_path_factory.mktemp("prepared") / "sample"
+    config = recipe.load(pipeline.PrepareConfig, REPO / "recipes/data/sample.yaml", [f"--output_dir={out}"])
+    return out, pipeline.run(config)
+
+
+@pytest.fixture(scope="session")
+def base_tokenizer_dir(prepared_sample, tmp_path_factory) -> Path:
+    """A small SentencePiece tokenizer trained on the sample's English only, like the demo's base."""
+    from training.tokenizer.build import TokenizerConfig, build
+
+    out = tmp_path_factory.mktemp("tokenizers") / "base"
+    build(TokenizerConfig(output_dir=str(out), train_data=[str(prepared_sample[0])], languages=["en"], vocab_size=600))
+    return out
+
+
+@pytest.fixture(scope="session")
+def extended_tokenizer_dir(prepared_sample, base_tokenizer_dir, tmp_path_factory) -> Path:
+    from training.tokenizer.build import TokenizerConfig, build
+
+    out = tmp_path_factory.mktemp("tokenizers") / "extended"
+    build(TokenizerConfig(
+        output_dir=str(out), train_data=[str(prepared_sample[0])], languages=["hi", "mr", "bn", "ta", "te"],
+        base_tokenizer=str(base_tokenizer_dir), vocab_size=1500,
+        fertility_text="data/sample/heldout/{lang}.txt", fertility_languages=["hi", "ta", "en"],
+    ))
+    return out
+
+
+def tiny_llama(vocab_size: int, tie: bool = False, seed: int = 0):
+    """A two-layer Llama-architecture model, randomly initialised."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_base_dir(base_tokenizer_dir, tmp_path_factory) -> Path:
+    """A tiny random Llama saved with the base tokenizer, as a base model folder."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_tokenizer_dir)
+    out = tmp_path_factory.mktemp("models") / "tiny-base"
+    tiny_llama(len(tokenizer)).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

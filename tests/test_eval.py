@@ -1,0 +1,127 @@
+"""Evaluation: chunking, log-likelihood scoring, metrics and intervals, the store and the leaderboard."""
+
+import math
+import multiprocessing
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoTokenizer
+
+from data.recipe import RecipeError
+from eval import leaderboard, store
+from eval.metrics import LN2, bits_per_unit, paired_bootstrap_delta
+from eval.scoring import text_nll
+from eval.suite import EvalConfig, evaluate
+from eval.tasks import chunks, load_task
+
+from conftest import tiny_llama
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_chunks_respect_the_byte_limit_and_keep_the_text():
+    paragraphs = (REPO / "data/sample/heldout/hi.txt").read_text().splitlines()
+    pieces = chunks(paragraphs, 300)
+    assert all(len(p.encode()) <= 300 for p in pieces)
+    assert "".join("".join(pieces).split()) == "".join("".join(paragraphs).split())
+    assert chunks(["a" * 10, "b" * 5], 100) == ["a" * 10 + "\n" + "b" * 5]
+    assert chunks(["ककककक"], 7) == ["कक", "कक", "क"]  # no space in reach: cut between characters
+
+
+def test_tasks_load_by_name_and_fail_with_the_path_to_set():
+    task = load_task("sample-heldout")
+    assert task.type == "language_modeling" and "hi" in task.languages
+    assert task.path("ta") == Path("data/sample/heldout/ta.txt")
+    with pytest.raises(RecipeError, match="unknown task 'nope'; tasks in .*sample-heldout"):
+        load_task("nope")
+    flores = load_task("flores-dev")
+    assert flores.path("hi").name == "hin_Deva.dev"
+    missing = load_task("sample-heldout")
+    missing.data.path = "/nowhere/{lang}.txt"
+    with pytest.raises(FileNotFoundError, match="task sample-heldout: no data for hi at /nowhere/hi.txt"):
+        missing.texts("hi")
+
+
+def test_text_nll_matches_a_direct_computation_and_does_not_depend_on_batching(base_tokenizer_dir):
+    tokenizer = AutoTokenizer.from_pretrained(base_tokenizer_dir)
+    model = tiny_llama(len(tokenizer))
+    texts = ["A short one.", "A somewhat longer sentence about the weather today.", "हिन्दी भी", "x"]
+    batched = text_nll(model, tokenizer, texts, batch_size=3)
+    single = text_nll(model, tokenizer, texts, batch_size=1)
+    for text, (nll, n), (nll1, n1) in zip(texts, batched, single):
+        ids = torch.tensor([[tokenizer.bos_token_id, *tokenizer(text, add_special_tokens=False)["input_ids"]]])
+        with torch.no_grad():
+            logprobs = F.log_softmax(model(ids).logits[0, :-1], -1).gather(-1, ids[0, 1:, None])
+        assert n == n1 == ids.shape[1] - 1
+        assert nll == pytest.approx(-logprobs.sum().item(), rel=1e-5) == pytest.approx(nll1, rel=1e-5)
+
+
+def test_text_nll_refuses_texts_longer_than_the_model(base_tokenizer_dir):
+    tokenizer = AutoTokenizer.from_pretrained(base_tokenizer_dir)
+    with pytest.raises(ValueError, match="longer than the model's 512 positions.*chunk_bytes"):
+        text_nll(tiny_llama(len(tokenizer)), tokenizer, ["ह" * 400])
+
+
+def test_bits_and_the_paired_bootstrap():
+    assert bits_per_unit([LN2 * 10, LN2 * 20], [10, 20]) == pytest.approx(1.0)
+    same = [3.0, 5.0, 4.0, 6.0]
+    assert paired_bootstrap_delta(same, same, [10, 10, 10, 10]) == (0.0, 0.0, 0.0)
+    base = [float(10 + i % 7) for i in range(50)]
+    better = [b - 2.0 for b in base]
+    delta, low, high = paired_bootstrap_delta(base, better, [10] * 50)
+    assert delta == pytest.approx(-2.0 / 10 / LN2) and low == pytest.approx(delta) and high == pytest.approx(delta)
+    noisy = [b - 1.0 + (3.0 if i % 2 else -3.0) for i, b in enumerate(base)]
+    delta, low, high = paired_bootstrap_delta(base, noisy, [10] * 50, seed=1)
+    assert low < delta < high and low < 0
+
+
+def _write_runs(args):
+    db, worker = args
+    for i in range(10):
+        store.add_run(db, {"created": "now", "label": f"m{worker}-{i}", "model": "m", "adapter": None,
+                           "base_label": None, "suite": "s", "tokenizer_sha256": None, "code_commit": None,
+                           "lineage": None},
+                      [{"task": "t", "lang": "hi", "metric": "bits_per_character", "value": 1.0, "n": 3}])
+
+
+def test_the_store_takes_concurrent_writers(tmp_path):
+    db = tmp_path / "lb.sqlite"
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        pool.map(_write_runs, [(str(db), w) for w in range(4)])
+    runs = store.latest_runs(db)
+    assert len(runs) == 40 and all(len(r["scores"]) == 1 for r in runs)
+
+
+def test_evaluate_against_a_base_and_render_the_leaderboard(tmp_path, tiny_base_dir):
+    config = EvalConfig(tasks=["sample-heldout"], languages=["hi", "en"], model=str(tiny_base_dir),
+                        base=str(tiny_base_dir), output_dir=str(tmp_path / "eval"), db=str(tmp_path / "lb.sqlite"),
+                        bootstrap_samples=200)
+    results = evaluate(config)
+    base_run, candidate = results["runs"]
+    assert base_run["base_label"] is None and candidate["base_label"] == str(tiny_base_dir)
+    for score in candidate["scores"]:
+        assert score["delta"] == pytest.approx(0.0, abs=1e-9)  # the same model on the same chunks
+        assert math.isfinite(score["value"])
+    bpc = {s["lang"]: s["value"] for s in base_run["scores"] if s["metric"] == "bits_per_character"}
+    assert set(bpc) == {"hi", "en"}
+    assert (tmp_path / "eval" / "results.json").is_file()
+
+    out = tmp_path / "board"
+    tables = leaderboard.render(leaderboard.LeaderboardConfig(db=config.db, out=str(out)))
+    assert [t["metric"] for t in tables] == ["bits_per_character", "tokens_per_word"]
+    markdown = (out / "leaderboard.md").read_text()
+    assert "| model | base | hi | en |" in markdown
+    page = (out / "leaderboard.html").read_text()
+    assert page.startswith("<!doctype html>") and "data:image/png;base64," in page
+    assert "http://" not in page and "https://" not in page and "<script src" not in page  # self-contained
+    assert (out / "sample-heldout-bits_per_character.png").stat().st_size > 1000
+
+
+def test_english_regression_is_flagged_only_beyond_the_interval():
+    row = {"cells": {"en": {"value": 3.2, "delta": 0.1, "delta_low": 0.05, "delta_high": 0.15}}}
+    assert leaderboard.english_regressed(row)
+    row["cells"]["en"]["delta_low"] = -0.01
+    assert not leaderboard.english_regressed(row)
+    assert not leaderboard.english_regressed({"cells": {}})

@@ -1,0 +1,81 @@
+"""Training recipes: TRL's ``SFTConfig`` and ``ModelConfig`` plus :class:`IndictuneArguments` for what they lack.
+
+A recipe's keys are the real names of ``SFTConfig``/``TrainingArguments`` (``learning_rate``,
+``max_length``, ``per_device_train_batch_size``, ...), of ``ModelConfig`` (``model_name_or_path``,
+``use_peft``, ``lora_r``, ``lora_target_modules``, ...) and of the class below; TRL's ``TrlParser`` reads
+them, and command-line ``--key value`` pairs override the file. An unknown key is an error naming the
+key, where it came from and the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from typing import Literal
+
+from trl import ModelConfig, SFTConfig, TrlParser
+
+from data.recipe import RecipeError, read_yaml, unknown_key_error
+
+
+@dataclass
+class IndictuneArguments:
+    train_data: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Prepared corpora: output dirs of scripts/prepare_data.py, Parquet folders or globs."},
+    )
+    languages: list[str] | None = field(
+        default=None, metadata={"help": "Train on these languages only (codes from data/languages.py)."}
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "The tokenizer to train with, e.g. one from scripts/extend_tokenizer.py."}
+    )
+    trainable_embeddings: Literal["none", "new_rows", "full"] = field(
+        default="new_rows",
+        metadata={
+            "help": "With LoRA: train the embedding and output rows of the tokens the tokenizer adds (new_rows), "
+            "the whole embedding and output layers (full), or neither (none)."
+        },
+    )
+    init_from_config: str | None = field(
+        default=None,
+        metadata={
+            "help": "Pretrain a newly initialised model with this config (a JSON/YAML file) instead of loading "
+            "weights from model_name_or_path."
+        },
+    )
+    merge_adapter: bool = field(
+        default=False, metadata={"help": "Also save the base model with the adapter merged in, under output_dir/merged."}
+    )
+
+
+RECIPE_CLASSES = (IndictuneArguments, SFTConfig, ModelConfig)
+
+
+def _check_keys(argv: list[str], config_path: str | None) -> None:
+    valid = {f.name for cls in RECIPE_CLASSES for f in dataclasses.fields(cls)}
+    flags = valid | {f"no_{name}" for name in valid}  # HfArgumentParser's negated boolean flags
+    if config_path:
+        for key in read_yaml(config_path):
+            if key not in valid and key != "env":  # TrlParser sets environment variables from `env`
+                raise unknown_key_error(key, valid, config_path)
+    for item in argv:
+        if item.startswith("--") and item != "--config" and item[2:].split("=")[0] not in flags:
+            raise unknown_key_error(item[2:].split("=")[0], valid, "command line")
+
+
+def parse(argv: list[str] | None = None) -> tuple[IndictuneArguments, SFTConfig, ModelConfig]:
+    """Parse ``--config FILE`` and overrides; exit with a message naming the file, the key and the fix."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config_path = argv[argv.index("--config") + 1] if "--config" in argv[:-1] else None
+    try:
+        _check_keys(argv, config_path)
+        args, training_args, model_args = TrlParser(RECIPE_CLASSES).parse_args_and_config(argv)
+    except RecipeError as err:
+        raise SystemExit(f"error: {err}") from None
+    except ValueError as err:  # a value the dataclasses reject, e.g. bf16 on a machine without a GPU
+        raise SystemExit(f"error: {config_path or 'command line'}: {err}") from None
+    if not args.train_data:
+        raise SystemExit(f"error: {config_path or 'command line'}: train_data is required (the prepare_data output)")
+    return args, training_args, model_args

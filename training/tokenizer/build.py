@@ -1,0 +1,185 @@
+"""Train Indic pieces on a prepared corpus and extend a base tokenizer with them (or build a new one).
+
+The output directory loads with ``AutoTokenizer.from_pretrained``. It also holds the SentencePiece
+``tokenizer.model``, ``new_tokens.json`` (the added pieces and their ids) and ``fertility.json``/``.md``
+(tokens per word per language, base vs extended, on held-out text). Before anything is written the
+result is checked: every base id must be unchanged, every checked line must decode back to itself, and
+the Hugging Face tokenizer must produce exactly the SentencePiece model's ids, except where the base
+tokenizer itself departs from its own SentencePiece model (see ``base_quirks``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from transformers import AutoTokenizer, LlamaTokenizer
+from transformers.utils import cached_file
+
+from data import languages
+from data.io import atomic_directory
+from data.recipe import field, to_dict
+from training.data import load_corpus
+from training.tokenizer import spm
+from training.tokenizer.fertility import fertility, fertility_table
+
+
+@dataclass
+class TokenizerConfig:
+    output_dir: str = field(help="where the tokenizer is written (replaced as a whole)")
+    train_data: list[str] = field(help="prepared corpora: prepare_data output dirs, Parquet folders or globs")
+    languages: list[str] | None = field(None, help="train only on these languages (default: all in train_data)")
+    base_tokenizer: str | None = field(None, help="tokenizer to extend (hub id or folder); none: a new tokenizer")
+    vocab_size: int = field(8000, help="pieces of the SentencePiece model trained on the new text")
+    model_type: Literal["bpe", "unigram"] = field("bpe", help="must match the base model's type when extending")
+    temperature: float = field(1.0, help="language sampling temperature (1: corpus proportions; higher: more even)")
+    max_characters: int | None = field(None, help="characters of training text to sample at most")
+    character_coverage: float = field(0.9999, help="SentencePiece character_coverage")
+    seed: int = 42
+    fertility_text: str | None = field(
+        None, help="held-out text per language for the fertility report; {lang} or {flores} in the path"
+    )
+    fertility_languages: list[str] | None = field(None, help="languages to report (default: languages)")
+    trust_remote_code: bool = field(False, help="allow custom tokenizer code from the base tokenizer's repository")
+    check_lines: int = field(2000, help="lines on which the result must match SentencePiece and round-trip")
+
+
+def _heldout_path(pattern: str, code: str) -> Path:
+    lang = languages.get(code)
+    shared = os.environ.get("INDICTUNE_SHARED_DATA", "../shared/data")
+    return Path(pattern.format(lang=lang.code, flores=lang.flores, shared=shared))
+
+
+def _hf_tokenizer(proto, like_dir: str | None, trust_remote_code: bool):
+    """A Hugging Face tokenizer for a SentencePiece model, with the base's class, special tokens and template."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if like_dir is None:
+            (Path(tmp) / "tokenizer.model").write_bytes(proto.SerializeToString())
+            return LlamaTokenizer.from_pretrained(tmp, add_bos_token=True, add_eos_token=False)
+        base = AutoTokenizer.from_pretrained(like_dir, trust_remote_code=trust_remote_code)
+        base.save_pretrained(tmp)
+        (Path(tmp) / "tokenizer.json").unlink(missing_ok=True)  # rebuilt from the merged model below
+        (Path(tmp) / "tokenizer.model").write_bytes(proto.SerializeToString())
+        return type(base).from_pretrained(tmp)
+
+
+def disagreements(tokenizer, proto, lines: list[str]) -> set[int]:
+    """Indices of the lines `tokenizer` encodes differently from the SentencePiece model `proto`."""
+    processor = spm.processor(proto)
+    encoded = tokenizer(lines, add_special_tokens=False)["input_ids"]
+    return {i for i, (line, ids) in enumerate(zip(lines, encoded)) if ids != processor.encode(line)}
+
+
+def base_quirks(base, base_proto, lines: list[str]) -> set[int]:
+    """Lines on which the base tokenizer itself may differ from its SentencePiece model.
+
+    Llama-2's Hugging Face conversion orders merges by vocabulary id, and Llama-2 gives its pieces for runs
+    of spaces ("▁▁", ...) low ids but the lowest scores, so a run of spaces next to a word can merge
+    differently ("a  b": "▁a ▁▁ b" against SentencePiece's "▁a ▁ ▁b"). Which lines show it depends on the
+    pieces next to the spaces, so every line with such a run is the base's behaviour, not the extension's.
+    """
+    has_space_runs = any(p.piece.startswith("▁▁") for p in base_proto.pieces)
+    spaced = {i for i, line in enumerate(lines) if "  " in line} if has_space_runs else set()
+    return spaced | disagreements(base, base_proto, lines)
+
+
+def check(tokenizer, proto, lines: list[str], base_quirk_lines: set[int]) -> None:
+    """Every line must decode back to itself, and be encoded as SentencePiece encodes it (but for base quirks)."""
+    differ = sorted(disagreements(tokenizer, proto, lines) - base_quirk_lines)
+    encoded = tokenizer(lines, add_special_tokens=False)["input_ids"]
+    lossy = [i for i, (line, ids) in enumerate(zip(lines, encoded)) if tokenizer.decode(ids) != line]
+    if differ or lossy:
+        example = lines[(differ or lossy)[0]]
+        raise RuntimeError(
+            f"the new tokenizer ({type(tokenizer).__name__}) differs from its SentencePiece model on {len(differ)} of "
+            f"{len(lines)} lines and does not decode {len(lossy)} back to themselves; first: {example[:80]!r}"
+        )
+
+
+def load_base(name: str, trust_remote_code: bool):
+    """The base tokenizer and its SentencePiece model."""
+    base = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    try:
+        model_file = cached_file(name, "tokenizer.model")
+    except OSError:
+        model_file = None
+    if model_file is None:
+        raise ValueError(
+            f"{name} has no SentencePiece tokenizer.model; this build extends SentencePiece tokenizers "
+            "(Llama-2, Mistral, Gemma style)"
+        )
+    return base, spm.load(model_file)
+
+
+def heldout_texts(pattern: str | None, langs: list[str]) -> dict[str, list[str]]:
+    texts = {}
+    for code in langs if pattern else []:
+        path = _heldout_path(pattern, code)
+        if not path.is_file():
+            raise FileNotFoundError(f"fertility_text for {code}: {path} does not exist")
+        texts[languages.get(code).code] = [line for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+    return texts
+
+
+def verify(tokenizer, proto, base, base_proto, lines: list[str], base_name: str | None) -> set[int]:
+    """Check the result before anything is written; returns the lines left to the base's own quirks."""
+    if base is None:
+        check(tokenizer, proto, lines, set())
+        return set()
+    vocab = tokenizer.get_vocab()
+    if any(vocab.get(token) != i for token, i in base.get_vocab().items()):
+        raise RuntimeError("the extended tokenizer moved base ids; this is a bug, please report it")
+    quirks = base_quirks(base, base_proto, lines)
+    if len(quirks) > len(lines) / 2:
+        raise ValueError(
+            f"the base tokenizer {base_name} ({type(base).__name__}) encodes {len(quirks)} of {len(lines)} lines "
+            "differently from its own tokenizer.model: load it from a folder that has its tokenizer_config.json, "
+            "as saved by save_pretrained"
+        )
+    check(tokenizer, proto, lines, quirks)
+    return quirks
+
+
+def build(config: TokenizerConfig) -> dict:
+    corpus = load_corpus(config.train_data, config.languages)
+    lines, taken = spm.sample_lines(corpus["text"], corpus["lang"], config.temperature, config.max_characters,
+                                    config.seed)
+    trained = spm.train(lines, config.vocab_size, model_type=config.model_type,
+                        character_coverage=config.character_coverage)
+    base, base_proto = load_base(config.base_tokenizer, config.trust_remote_code) if config.base_tokenizer else (None, None)
+    proto, added = spm.merge(base_proto, trained) if base is not None else (trained, [])
+    tokenizer = _hf_tokenizer(proto, config.base_tokenizer, config.trust_remote_code)
+
+    heldout = heldout_texts(config.fertility_text, config.fertility_languages or config.languages or sorted(taken))
+    check_lines = (lines + [line for texts in heldout.values() for line in texts])[: config.check_lines]
+    quirks = verify(tokenizer, proto, base, base_proto, check_lines, config.base_tokenizer)
+
+    report = {}
+    for code, texts in heldout.items():
+        report[code] = {"base": fertility(base, texts)} if base is not None else {}
+        report[code]["extended" if base is not None else "tokenizer"] = fertility(tokenizer, texts)
+    summary = {
+        "base_tokenizer": config.base_tokenizer,
+        "vocab_size": len(tokenizer),
+        "added_tokens": len(added),
+        "training_characters": taken,
+        "checked_lines": len(check_lines),
+        "lines_left_to_base_quirks": len(quirks),
+        "fertility": report,
+    }
+    offset = len(tokenizer) - len(added)
+    with atomic_directory(config.output_dir) as partial:
+        tokenizer.save_pretrained(partial)
+        (partial / "tokenizer.model").write_bytes(proto.SerializeToString())
+        (partial / "new_tokens.json").write_text(
+            json.dumps([{"id": offset + i, "token": t} for i, t in enumerate(added)], ensure_ascii=False, indent=0)
+        )
+        (partial / "fertility.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+        (partial / "fertility.md").write_text(fertility_table(report) if report else "no fertility_text given\n")
+        (partial / "recipe.yaml").write_text(yaml.safe_dump(to_dict(config), allow_unicode=True, sort_keys=False))
+    return summary
