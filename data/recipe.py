@@ -89,8 +89,9 @@ def set_dotted(mapping: dict[str, Any], key: str, value: Any, *, append: bool = 
                 node[part] = {}
             node = node[part]
     last = parts[-1]
-    if append and isinstance(node.get(last), list):
-        node[last] = node[last] + (value if isinstance(value, list) else [value])
+    if append and last in node:  # a repeated flag: --adapter A --adapter B
+        existing = node[last] if isinstance(node[last], list) else [node[last]]
+        node[last] = existing + (value if isinstance(value, list) else [value])
     else:
         node[last] = value
 

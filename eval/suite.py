@@ -25,14 +25,13 @@ from eval.metrics import bits_per_unit, paired_bootstrap_delta
 from eval.scoring import text_nll
 from eval.tasks import Task, chunks, load_task
 from training.lineage import code_commit, tokenizer_hash
-from training.tokenizer.fertility import fertility
 
 
 @dataclass
 class EvalConfig:
     tasks: list[str] = field(help="task names (eval/tasks/<name>.yaml) or paths to task YAML files")
+    model: str = field(help="model id or folder; the base when adapters are given")
     languages: list[str] | None = field(None, help="restrict to these languages (default: each task's own)")
-    model: str | None = field(None, help="model id or folder; the base when adapters are given")
     adapter: list[str] = field(default_factory=list, help="adapter folders to score on top of the model")
     base: str | None = field(None, help="a separate base model to compare a full checkpoint with")
     output_dir: str = field("runs/eval", help="results.json goes here")
@@ -43,6 +42,10 @@ class EvalConfig:
     trust_remote_code: bool = field(False, help="allow custom model code from the model's repository")
     bootstrap_samples: int = 1000
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.adapter and self.base:
+            raise ValueError("give --adapter (the base is --model) or --base (for a full checkpoint), not both")
 
 
 @dataclass
@@ -76,8 +79,6 @@ def _lineage(variant: Variant) -> dict | None:
 
 
 def plan(config: EvalConfig) -> tuple[Variant | None, list[Variant]]:
-    if not config.model:
-        raise ValueError("--model is required")
     if config.adapter:
         return Variant(config.model, config.model), [Variant(f"{config.model} + {a}", config.model, a) for a in config.adapter]
     if config.base:
@@ -85,32 +86,29 @@ def plan(config: EvalConfig) -> tuple[Variant | None, list[Variant]]:
     return None, [Variant(config.model, config.model)]
 
 
-def score_variant(variant: Variant, tasks: list[tuple[Task, list[str]]], config: EvalConfig, device: str) -> dict:
-    """{(task, lang): {"nll": [...per chunk], "chars": [...], "bytes": [...], "fertility": {...}}}."""
+def score_variant(variant: Variant, tasks: list[tuple[Task, list[str]]], config: EvalConfig,
+                  device: str) -> tuple[str, dict]:
+    """The tokenizer's hash, and per (task, lang) the chunks' nll, characters, bytes, tokens and words."""
     model, tokenizer = load_variant(variant, config, device)
     scored = {}
     for task, langs in tasks:
         for lang in langs:
-            paragraphs = task.texts(lang)
-            pieces = chunks(paragraphs, task.chunk_bytes)
+            pieces = chunks(task.texts(lang), task.chunk_bytes)
             nll = text_nll(model, tokenizer, pieces, config.batch_size, desc=f"{variant.label} {task.name} {lang}")
             scored[task.name, lang] = {
                 "nll": [n for n, _ in nll],
                 "chars": [len(p) for p in pieces],
                 "bytes": [len(p.encode("utf-8")) for p in pieces],
-                "fertility": fertility(tokenizer, paragraphs),
+                "tokens": sum(t for _, t in nll),
+                "words": sum(len(p.split()) for p in pieces),
             }
-    scored["tokenizer_sha256"] = tokenizer_hash(tokenizer)
-    del model
-    return scored
+    return tokenizer_hash(tokenizer), scored
 
 
 def scores_for(scored: dict, base: dict | None, config: EvalConfig) -> list[dict]:
     rows = []
-    for key, s in scored.items():
-        if key == "tokenizer_sha256":
-            continue
-        task, lang = key
+    for (task, lang), s in scored.items():
+        key = task, lang
         n = len(s["chars"])
         for metric, units in (("bits_per_character", "chars"), ("bits_per_byte", "bytes")):
             row = {"task": task, "lang": lang, "metric": metric, "value": bits_per_unit(s["nll"], s[units]), "n": n}
@@ -120,10 +118,10 @@ def scores_for(scored: dict, base: dict | None, config: EvalConfig) -> list[dict
                 )
                 row.update(delta=delta, delta_low=low, delta_high=high)
             rows.append(row)
-        fert = s["fertility"]["tokens_per_word"]
-        row = {"task": task, "lang": lang, "metric": "tokens_per_word", "value": fert, "n": s["fertility"]["words"]}
+        fertility = s["tokens"] / s["words"]
+        row = {"task": task, "lang": lang, "metric": "tokens_per_word", "value": fertility, "n": s["words"]}
         if base is not None:
-            row["delta"] = fert - base[key]["fertility"]["tokens_per_word"]
+            row["delta"] = fertility - base[key]["tokens"] / base[key]["words"]
         rows.append(row)
     return rows
 
@@ -138,7 +136,8 @@ def evaluate(config: EvalConfig) -> dict:
     base, candidates = plan(config)
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
-    def run_record(variant: Variant, scored: dict, compare_to: dict | None) -> dict:
+    def run_record(variant: Variant, result: tuple[str, dict], compare_to: dict | None) -> dict:
+        tokenizer_sha256, scored = result
         return {
             "created": created,
             "label": variant.label,
@@ -146,16 +145,17 @@ def evaluate(config: EvalConfig) -> dict:
             "adapter": variant.adapter,
             "base_label": base.label if compare_to is not None else None,
             "suite": ",".join(config.tasks),
-            "tokenizer_sha256": scored["tokenizer_sha256"],
+            "tokenizer_sha256": tokenizer_sha256,
             "code_commit": code_commit(),
             "lineage": _lineage(variant),
             "scores": scores_for(scored, compare_to, config),
         }
 
-    base_scored = score_variant(base, tasks, config, device) if base else None
-    runs = [run_record(base, base_scored, None)] if base else []
+    base_result = score_variant(base, tasks, config, device) if base else None
+    runs = [run_record(base, base_result, None)] if base else []
     for candidate in candidates:
-        runs.append(run_record(candidate, score_variant(candidate, tasks, config, device), base_scored))
+        runs.append(run_record(candidate, score_variant(candidate, tasks, config, device),
+                               base_result[1] if base_result else None))
     for run in runs:
         store.add_run(config.db, {k: v for k, v in run.items() if k != "scores"}, run["scores"])
     results = {"config": vars(config), "runs": runs}

@@ -27,7 +27,11 @@ def test_tokenizer_recipes_parse(path):
 
 @pytest.mark.parametrize("path", sorted((REPO / "recipes" / "eval").glob("*.yaml")), ids=lambda p: p.name)
 def test_eval_recipes_parse(path):
-    assert recipe.load(EvalConfig, path).tasks
+    assert recipe.load(EvalConfig, path, ["--model", "m"]).tasks
+    with pytest.raises(recipe.RecipeError, match="missing required key.*model"):
+        recipe.load(EvalConfig, path)
+    with pytest.raises(recipe.RecipeError, match="not both"):
+        recipe.load(EvalConfig, path, ["--model", "m", "--adapter", "a", "--base", "b"])
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "recipes" / "train").rglob("*.yaml")), ids=lambda p: p.name)
@@ -48,6 +52,13 @@ def test_overrides_are_typed_and_dotted(tmp_path):
     assert config.stages.pii.enabled is False
     assert config.sources[0].limit == 3
     assert config.stages.normalize.enabled is True  # untouched defaults stay
+
+
+def test_a_repeated_flag_collects_a_list():
+    config = recipe.load(EvalConfig, REPO / "recipes/eval/demo.yaml", ["--model", "m", "--adapter", "a", "--adapter", "b"])
+    assert config.adapter == ["a", "b"] and config.model == "m"
+    with pytest.raises(recipe.RecipeError, match="'model' must be a string"):
+        recipe.load(EvalConfig, REPO / "recipes/eval/demo.yaml", ["--model", "m", "--model", "n"])
 
 
 def test_unknown_key_in_a_file_names_the_file_and_the_closest_key(tmp_path):
