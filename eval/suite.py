@@ -107,8 +107,8 @@ def score_variant(variant: Variant, tasks: list[tuple[Task, list[str]]], config:
 
 def scores_for(scored: dict, base: dict | None, config: EvalConfig) -> list[dict]:
     rows = []
-    for (task, lang), s in scored.items():
-        key = task, lang
+    for key, s in scored.items():
+        task, lang = key
         n = len(s["chars"])
         for metric, units in (("bits_per_character", "chars"), ("bits_per_byte", "bytes")):
             row = {"task": task, "lang": lang, "metric": metric, "value": bits_per_unit(s["nll"], s[units]), "n": n}
