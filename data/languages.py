@@ -13,7 +13,9 @@ the stages that use one skip that check for the language.
 
 from __future__ import annotations
 
+import re
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -217,10 +219,10 @@ UNKNOWN_SCRIPT = "Zzzz"  # ISO 15924 for letters of scripts the table does not l
 def script_counts(text: str) -> dict[str, int]:
     """Letters per script in `text` (combining marks count toward their script; others under Zzzz)."""
     counts: dict[str, int] = {}
-    for char in text:
+    for char, n in Counter(text).items():  # each distinct character once: a document has a few hundred
         if is_letter(char):
             script = script_of(char) or UNKNOWN_SCRIPT
-            counts[script] = counts.get(script, 0) + 1
+            counts[script] = counts.get(script, 0) + n
     return counts
 
 
@@ -230,6 +232,22 @@ def dominant_script(text: str) -> str | None:
     return max(counts, key=counts.get) if counts else None
 
 
+# FineWeb-2's per-language dup_line_frac (its configs/<lang>.yml); other languages use the quality stage's default.
+DUPLICATE_LINE_FRACTION = {
+    "hi": 0.206, "bn": 0.203, "mr": 0.233, "gu": 0.299, "pa": 0.328, "or": 0.225, "ta": 0.276, "te": 0.256,
+    "kn": 0.25, "ml": 0.239, "as": 0.211, "ne": 0.155, "ur": 0.204, "mai": 0.335, "sa": 0.234,
+}
+
+# Romanized Hindi/Urdu function words that English does not use, for flagging romanized Indic text.
+ROMANIZED_HINDI = frozenset(
+    "hai hain ka ki ke ko mein nahi nahin aur bhi kya se ye yeh woh wo tha thi kar karna raha rahe rahi "
+    "hota hoti apne apna apni kuch bahut hum tum aap mera meri mere tera teri kyun kaise lekin agar".split()
+)
+
+
+_NATIVE_DIGIT = re.compile(r"(?![0-9])\d")  # \d is every Unicode decimal digit (category Nd)
+
+
 def to_ascii_digits(text: str) -> str:
-    """Map every decimal digit (any script) to ASCII 0-9; other characters are unchanged."""
-    return "".join(str(unicodedata.digit(c)) if c.isdigit() and unicodedata.category(c) == "Nd" else c for c in text)
+    """Map every decimal digit (any script) to ASCII 0-9; other characters are unchanged (same length)."""
+    return _NATIVE_DIGIT.sub(lambda m: str(unicodedata.digit(m.group())), text)

@@ -10,51 +10,64 @@ from typing import Any
 from data.stages import Record
 
 # Annotation columns that count edits made inside kept text; their totals go in the report.
-EDIT_COLUMNS = ("ocr_lines_removed", "asr_segments_dropped", "asr_tags_removed", "asr_fillers_removed",
-                "asr_loop_words_removed")
-
-
-def reason_group(reason: str) -> str:
-    """``duplicate_of:<id>`` names one record; the report counts them together."""
-    return "duplicate" if reason.startswith("duplicate_of:") else reason
+EDIT_COLUMNS = ("ocr_lines_removed", "ocr_confusions_repaired", "asr_segments_dropped", "asr_tags_removed",
+                "asr_fillers_removed", "asr_loop_words_removed", "repeated_lines_removed")
+# Boolean annotations whose kept counts the report gives.
+FLAG_COLUMNS = ("romanized", "code_mixed")
 
 
 class Tally:
+    """Counts as records come in, are rejected and are kept; ``report`` checks that every input is accounted for."""
+
     def __init__(self, stages: list[str]):
         self.stages = ["read", *stages]
         self.sources: dict[str, Counter] = defaultdict(Counter)
         self.rejected: dict[str, Counter] = defaultdict(Counter)
         self.languages: dict[str, Counter] = defaultdict(Counter)
+        self.characters: dict[str, Counter] = defaultdict(Counter)  # language -> kind -> characters kept
         self.pii: Counter = Counter()
         self.edits: Counter = Counter()
+        self.flags: Counter = Counter()
 
-    def add(self, source: str, n_input: int, kept: list[Record], rejected: list[Record]) -> None:
-        if n_input != len(kept) + len(rejected):
-            raise AssertionError(f"source {source}: {n_input} records in, {len(kept)} kept + {len(rejected)} rejected")
-        self.sources[source].update(input=n_input, kept=len(kept), rejected=len(rejected))
-        for record in rejected:
-            self.rejected[record["stage"]][reason_group(record["reason"])] += 1
+    def count_input(self, source: str, n: int) -> None:
+        self.sources[source]["input"] += n
+
+    def reject(self, records: list[Record]) -> None:
+        for record in records:
+            self.sources[record["source"]]["rejected"] += 1
+            self.rejected[record["stage"]][record["reason"]] += 1
             self.languages[record["lang"] or "unknown"]["rejected"] += 1
-        for record in kept:
+
+    def keep(self, records: list[Record]) -> None:
+        for record in records:
+            self.sources[record["source"]]["kept"] += 1
             language = self.languages[record["lang"] or "unknown"]
             language.update(kept=1, characters=len(record["text"]), words=len(record["text"].split()))
+            self.characters[record["lang"] or "unknown"][record["kind"]] += len(record["text"])
             self.pii.update({k[4:]: record[k] for k in record if k.startswith("pii_") and record[k]})
             self.edits.update({k: record[k] for k in EDIT_COLUMNS if record.get(k)})
+            self.flags.update(k for k in FLAG_COLUMNS if record.get(k))
 
     def report(self) -> dict[str, Any]:
+        for source, c in self.sources.items():
+            if c["input"] != c["kept"] + c["rejected"]:
+                raise AssertionError(f"source {source}: {c['input']} records in, {c['kept']} kept + {c['rejected']} rejected")
         totals = Counter()
         for counts in self.sources.values():
             totals.update(counts)
         return {
             "totals": {k: totals[k] for k in ("input", "kept", "rejected")},
             "sources": {name: {k: c[k] for k in ("input", "kept", "rejected")} for name, c in self.sources.items()},
-            "rejected": {stage: dict(self.rejected[stage].most_common()) for stage in self.stages if self.rejected[stage]},
+            "rejected": {stage: dict(sorted(self.rejected[stage].items(), key=lambda kv: (-kv[1], kv[0])))
+                         for stage in self.stages if self.rejected[stage]},
             "languages": {
                 lang: {k: c[k] for k in ("kept", "rejected", "words", "characters")}
                 for lang, c in sorted(self.languages.items())
             },
-            "pii_redacted": dict(self.pii),
-            "edits": dict(self.edits),
+            "characters_by_kind": {lang: dict(sorted(c.items())) for lang, c in sorted(self.characters.items())},
+            "pii_redacted": dict(sorted(self.pii.items())),
+            "edits": dict(sorted(self.edits.items())),
+            "flags": {k: self.flags[k] for k in FLAG_COLUMNS},
         }
 
 
@@ -86,11 +99,26 @@ def to_markdown(report: dict[str, Any]) -> str:
             for lang, c in report["languages"].items()
         ),
         "",
+        "## Characters kept, by language and kind",
+        "",
+        "| language | web | ocr | asr |",
+        "|---|---:|---:|---:|",
+        *(
+            f"| {lang} | {c.get('web', 0)} | {c.get('ocr', 0)} | {c.get('asr', 0)} |"
+            for lang, c in report["characters_by_kind"].items()
+        ),
+        "",
         "## Personal identifiers replaced",
         "",
         "| type | count |",
         "|---|---:|",
         *(f"| {kind} | {n} |" for kind, n in sorted(report["pii_redacted"].items())),
+        "",
+        "## Flags on kept records",
+        "",
+        "| flag | records |",
+        "|---|---:|",
+        *(f"| {name} | {n} |" for name, n in report["flags"].items()),
         "",
         "## Edits inside kept records",
         "",
@@ -109,14 +137,20 @@ def to_png(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     reasons = [(f"{stage}: {reason}", n) for stage, rs in report["rejected"].items() for reason, n in rs.items()]
-    langs = [(lang, c["kept"]) for lang, c in report["languages"].items()]
+    by_kind = report["characters_by_kind"]
+    langs = list(by_kind) or ["none"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, max(3, 0.35 * max(len(reasons), len(langs), 1) + 1.5)))
     left.barh([r for r, _ in reasons] or ["none"], [n for _, n in reasons] or [0], color="#c0504d")
     left.invert_yaxis()
     left.set_title("rejected records by stage and reason")
-    right.barh([lang for lang, _ in langs] or ["none"], [n for _, n in langs] or [0], color="#4f81bd")
+    start = [0] * len(langs)
+    for kind, color in (("web", "#4f81bd"), ("ocr", "#9bbb59"), ("asr", "#f79646")):
+        sizes = [by_kind.get(lang, {}).get(kind, 0) for lang in langs]
+        right.barh(langs, sizes, left=start, color=color, label=kind)
+        start = [a + b for a, b in zip(start, sizes)]
     right.invert_yaxis()
-    right.set_title("kept records by language")
+    right.legend()
+    right.set_title("characters kept by language and kind")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,11 +1,17 @@
-"""Text units shared by the stages: words that keep their vowel signs, lines, n-grams."""
+"""Text units shared by the stages: words that keep their vowel signs, lines, comparison keys, n-gram hashes."""
 
 from __future__ import annotations
 
+import unicodedata
+
+import numpy as np
 import regex
+import xxhash
 
 # `regex`'s \w includes combining marks (Mn/Mc); the standard library's splits Hindi words at every matra.
 _WORD = regex.compile(r"[\w\p{M}]+(?:['’\-][\w\p{M}]+)*")
+_ZERO_WIDTH = regex.compile("[\u200b\u200c\u200d\u2060\ufeff]")
+_DIGIT = regex.compile(r"\d")
 
 
 def words(text: str) -> list[str]:
@@ -14,3 +20,49 @@ def words(text: str) -> list[str]:
 
 def nonempty_lines(text: str) -> list[str]:
     return [line.strip() for line in text.split("\n") if line.strip()]
+
+
+def comparison_key(text: str) -> str:
+    """What two texts must share to count as the same: compatibility forms (NFKC), case, zero-width
+    joiners, digits (any script, to 0) and spacing are folded; vowel signs, viramas and nuktas are kept.
+
+    Stripping combining marks, as several dedup tools do for their keys, makes different Indic words
+    collide ("प्रेम" and "परम").
+    """
+    return " ".join(key_words_text(text).split())
+
+
+def key_words_text(text: str) -> str:
+    """`comparison_key` without its spacing fold, for callers that split into words anyway."""
+    if not unicodedata.is_normalized("NFKC", text):  # cheaper than normalizing text that already is
+        text = unicodedata.normalize("NFKC", text)
+    return _DIGIT.sub("0", _ZERO_WIDTH.sub("", text.casefold()))
+
+
+def word_hashes(tokens: list[str]) -> np.ndarray:
+    """A stable 64-bit hash per word (the same in every process and run, unlike ``hash``)."""
+    unique = {t: xxhash.xxh64_intdigest(t.encode()) for t in set(tokens)}  # words repeat: hash each once
+    return np.fromiter(map(unique.__getitem__, tokens), dtype=np.uint64, count=len(tokens))
+
+
+# Odd multipliers, one per position in an n-gram, so "a b" and "b a" hash apart.
+_POSITION = np.random.default_rng(0x1D1C).integers(1, 2**63, size=64, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+
+
+def ngram_hashes(hashes: np.ndarray, n: int) -> np.ndarray:
+    """64-bit hashes of every run of `n` consecutive words; a text shorter than `n` gives one hash of all of it."""
+    n = min(n, len(hashes))
+    if n == 0:
+        return np.zeros(0, dtype=np.uint64)
+    count = len(hashes) - n + 1
+    combined = np.zeros(count, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(n):
+            combined += hashes[j : j + count] * _POSITION[j]
+        # splitmix64's finaliser spreads the sum over all 64 bits
+        combined ^= combined >> np.uint64(30)
+        combined *= np.uint64(0xBF58476D1CE4E5B9)
+        combined ^= combined >> np.uint64(27)
+        combined *= np.uint64(0x94D049BB133111EB)
+        combined ^= combined >> np.uint64(31)
+    return combined

@@ -40,9 +40,13 @@ def test_every_reject_has_a_stage_and_reason(prepared_sample, planted):
         assert row.stage == plant["stage"], plant
         assert row.reason == plant.get("reason", row.reason) and row.reason.startswith(plant.get("reason_prefix", ""))
     for dup in planted["exact_duplicates"]:
-        assert rejected.loc[dup["id"]].reason == f"duplicate_of:{dup['duplicate_of']}"
+        assert (rejected.loc[dup["id"]].reason, rejected.loc[dup["id"]].duplicate_of) == (
+            "exact_duplicate", dup["duplicate_of"])
+    for dup in planted["near_duplicates"]:
+        assert (rejected.loc[dup["id"]].reason, rejected.loc[dup["id"]].duplicate_of) == ("near_duplicate", dup["near"])
     # Only the planted rejects are rejected: the sample's real documents all pass.
-    planted_ids = {p["id"] for p in planted["rejected"]} | {d["id"] for d in planted["exact_duplicates"]}
+    planted_ids = {p["id"] for p in planted["rejected"]} | {
+        d["id"] for d in planted["exact_duplicates"] + planted["near_duplicates"]}
     assert set(rejected.index) == planted_ids
 
 
@@ -149,3 +153,28 @@ def test_shards_roll_over(tmp_path):
     shards = sorted((tmp_path / "o" / "data").glob("*.parquet"))
     assert len(shards) == -(-report["totals"]["kept"] // 20)
     assert sum(pq.read_metadata(s).num_rows for s in shards) == report["totals"]["kept"]
+
+
+def test_output_is_the_same_for_any_number_of_workers(tmp_path, prepared_sample):
+    config = recipe.load(pipeline.PrepareConfig, REPO / "recipes/data/sample.yaml",
+                         [f"--output_dir={tmp_path / 'o'}", "--num_proc", "2", "--batch_size", "5"])
+    pipeline.run(config)
+    assert digest(tmp_path / "o") == digest(prepared_sample[0])
+
+
+def test_kill_9_at_any_point_then_rerun_gives_the_same_bytes(tmp_path, prepared_sample):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "o"
+    command = [sys.executable, "scripts/prepare_data.py", "--config", "recipes/data/sample.yaml", "--output_dir", str(out)]
+    for delay in (0.5, 1.5, 2.5):
+        process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert not out.exists() or digest(out) == digest(prepared_sample[0])  # never a half-written result
+    subprocess.run(command, cwd=REPO, check=True, capture_output=True)
+    assert digest(out) == digest(prepared_sample[0]) and not (tmp_path / "o.partial").exists()

@@ -99,3 +99,104 @@ def test_kaldi_text(tmp_path):
     out = records(tmp_path, "text", "utt_1 வணக்கம் நண்பர்களே\nutt_2\n", format="kaldi", kind="asr", lang="ta")
     assert out[0]["text"] == "வணக்கம் நண்பர்களே" and out[0]["meta"]["utterance"] == "utt_1"
     assert out[1]["read_error"] == "empty_transcript"
+
+
+# the bad-input matrix: each is a clear error or a counted reject, never a traceback or a silent loss ------------------
+
+@pytest.mark.parametrize("content, expected", [
+    ('\ufeff{"text": "बीओएम वाली फ़ाइल"}\n'.encode("utf-8"), "बीओएम वाली फ़ाइल"),
+    ('{"text": "यूटीएफ़-16 फ़ाइल"}\n'.encode("utf-16"), "यूटीएफ़-16 फ़ाइल"),
+])
+def test_byte_order_marks_and_utf16_are_decoded(tmp_path, content, expected):
+    (out,) = records(tmp_path, "bom.jsonl", content, format="jsonl")
+    assert out["text"] == expected and "read_error" not in out
+
+
+@pytest.mark.parametrize("fmt, name", [("jsonl", "x.jsonl"), ("txt", "x.txt"), ("kaldi", "text"), ("srt", "x.srt"),
+                                       ("pages", "x.txt"), ("csv", "x.csv")])
+def test_empty_and_binary_files_are_counted_rejects(tmp_path, fmt, name):
+    assert [r["read_error"] for r in records(tmp_path, name, b"", format=fmt)] == ["empty_file"]
+    binary = bytes(range(256)) * 8
+    assert [r["read_error"] for r in records(tmp_path, name, binary, format=fmt)] == ["binary_file"]
+
+
+def test_a_50_mb_single_line_document_is_rejected_as_too_long(tmp_path):
+    line = json.dumps({"text": "क" * 20_000_000}, ensure_ascii=False)  # 60 MB of UTF-8 on one line
+    (out,) = records(tmp_path, "huge.jsonl", line + "\n", format="jsonl")
+    assert out["read_error"] == "too_long:20000000_chars" and len(out["text"]) == 1000
+
+
+def test_a_missing_text_column_names_the_file_and_the_fix(tmp_path):
+    with pytest.raises(ValueError, match=r"x\.csv has no column 'body'.*set text_field"):
+        records(tmp_path, "x.csv", "text,lang\nनमस्ते,hi\n", format="csv", text_field="body")
+
+
+# more formats ------------------------------------------------------------------------------------------------------
+
+WIKI = """<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/">
+  <page><title>भारत</title><ns>0</ns><id>1</id><revision><text xml:space="preserve">{{ज्ञानचौकट|नाम=भारत}}
+'''भारत''' दक्षिण [[एशिया]] का एक [[देश|राष्ट्र]] है।&lt;ref&gt;स्रोत&lt;/ref&gt;
+== इतिहास ==
+यहाँ की सभ्यता बहुत पुरानी है।
+[[चित्र:Flag.png|thumb|झंडा]]
+[[वर्ग:देश]]</text></revision></page>
+  <page><title>इंडिया</title><ns>0</ns><id>2</id><redirect title="भारत" /><revision><text>#REDIRECT [[भारत]]</text></revision></page>
+  <page><title>साँचा:ज्ञानचौकट</title><ns>10</ns><id>3</id><revision><text>{{{नाम}}}</text></revision></page>
+  <page><title>कटा हुआ</title><ns>0</ns><id>4</id><revision><text>यह पन्ना बीच में"""
+
+
+@pytest.mark.parametrize("suffix", ["xml", "xml.bz2", "xml.xz"])
+def test_mediawiki_dump_strips_markup_skips_redirects_and_survives_truncation(tmp_path, suffix):
+    import bz2
+    import lzma
+
+    raw = WIKI.encode("utf-8")
+    packed = {"xml": raw, "xml.bz2": bz2.compress(raw), "xml.xz": lzma.compress(raw)}[suffix]
+    out = records(tmp_path, f"dump.{suffix}", packed, format="mediawiki", lang="hi")
+    assert [r.get("read_error") for r in out] == [None, "redirect", "namespace:10", "truncated_dump"]
+    assert out[0]["text"] == "भारत दक्षिण एशिया का एक राष्ट्र है।\nइतिहास\nयहाँ की सभ्यता बहुत पुरानी है।"
+    assert out[0]["meta"] == {"title": "भारत", "page_id": "1"}
+
+
+def test_hugging_face_dataset_saved_to_disk(tmp_path):
+    import datasets
+
+    datasets.Dataset.from_dict({"text": ["पहला", "दूसरा"], "lang": ["hi", "mr"]}).save_to_disk(tmp_path / "ds")
+    out = list(read(Source(path=str(tmp_path / "ds"), format="hf", lang_field="lang")))
+    assert [(r["text"], r["lang"]) for r in out] == [("पहला", "hi"), ("दूसरा", "mr")]
+    with pytest.raises(ValueError, match="no split 'test'"):
+        datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["x"]})}).save_to_disk(tmp_path / "dd")
+        list(read(Source(path=str(tmp_path / "dd"), format="hf", split="test")))
+
+
+TESSERACT_TSV = "\t".join("level page_num block_num par_num line_num word_num left top width height conf text".split())
+TESSERACT_ROWS = [
+    (1, 1, 0, 0, 0, 0, -1, ""), (5, 1, 1, 1, 1, 1, 91.5, "गाँव"), (5, 1, 1, 1, 1, 2, 88.0, "की"),
+    (5, 1, 1, 1, 2, 1, 95.0, "कहानी"), (5, 1, 2, 1, 1, 1, 40.5, "नया"), (5, 2, 1, 1, 1, 1, 20.0, "धुँधला"),
+]
+
+
+def test_tesseract_tsv_pages_lines_paragraphs_and_confidence(tmp_path):
+    rows = [TESSERACT_TSV] + ["\t".join(map(str, (lv, pg, b, p, ln, w, 0, 0, 10, 10, conf, t)))
+                               for lv, pg, b, p, ln, w, conf, t in TESSERACT_ROWS]
+    out = records(tmp_path, "book.tsv", "\n".join(rows) + "\n", format="tesseract_tsv", kind="ocr", lang="hi")
+    assert [r["text"] for r in out] == ["गाँव की\nकहानी\n\nनया", "धुँधला"]
+    assert [r["meta"]["mean_confidence"] for r in out] == [78.75, 20.0]
+    assert out[0]["meta"]["book"] == out[1]["meta"]["book"] and [r["meta"]["page"] for r in out] == [1, 2]
+
+
+def test_hocr_words_lines_and_confidence(tmp_path):
+    hocr = """<html><body><div class='ocr_page' title='bbox 0 0 100 100'>
+      <p class='ocr_par'><span class='ocr_line'><span class='ocrx_word' title='bbox 0 0 1 1; x_wconf 90'>நல்ல</span>
+      <span class='ocrx_word' title='bbox 1 1 2 2; x_wconf 80'>நாள்</span></span></p>
+      <p class='ocr_par'><span class='ocr_line'><span class='ocrx_word' title='x_wconf 70'>&amp;</span></span></p>
+    </div></body></html>"""
+    (out,) = records(tmp_path, "page.hocr", hocr, format="hocr", kind="ocr", lang="ta")
+    assert out["text"] == "நல்ல நாள்\n\n&" and out["meta"]["mean_confidence"] == 80.0
+
+
+def test_asr_manifest_keeps_duration_as_timing(tmp_path):
+    lines = ['{"audio_filepath": "a.wav", "text": "வணக்கம்  நண்பர்களே", "duration": 2.5}', '{"audio_filepath": "b.wav"}']
+    out = records(tmp_path, "manifest.jsonl", "\n".join(lines), format="asr_manifest", kind="asr", lang="ta")
+    assert out[0]["text"] == "வணக்கம் நண்பர்களே" and out[0]["meta"]["segments"] == [{"start": 0.0, "end": 2.5}]
+    assert out[0]["meta"]["audio_filepath"] == "a.wav" and out[1]["read_error"] == "missing_field:text"

@@ -1,18 +1,19 @@
 """Each data stage on project-written text."""
 
+import json
 import unicodedata
 from pathlib import Path
 
 import pytest
 
 from data.stages.asr import Asr, AsrConfig, collapse_loops
-from data.stages.dedup import DedupConfig, ExactDedup, dedup_key
+from data.stages.dedup import Dedup, DedupConfig, RepeatedLines, RepeatedLinesConfig
 from data.stages.identify import Identify, IdentifyConfig, guess_language
 from data.stages.normalize import normalize_text
 from data.stages.ocr import Ocr, OcrConfig
 from data.stages.pii import redact, verhoeff_valid
-from data.stages.quality import Quality, QualityConfig, duplicate_ngram_fraction, symbol_ratio
-from data.text import words
+from data.stages.quality import Quality, QualityConfig, character_ratios, duplicate_ngram_fraction
+from data.text import comparison_key, words
 
 HELDOUT = Path(__file__).resolve().parent.parent / "data" / "sample" / "heldout"
 
@@ -69,9 +70,10 @@ def test_identify_script_language_and_mismatch():
 def test_shared_script_languages_are_told_apart_by_their_function_words():
     marathi = "गावातील शेतकरी आता नवीन पद्धतीने शेती करत आहेत आणि त्यांचे उत्पादन वाढले आहे."
     hindi = "गाँव के किसान अब नए तरीक़े से खेती कर रहे हैं और उनकी पैदावार बढ़ी है।"
-    assert guess_language(marathi, "Deva") == "mr"
-    assert guess_language(hindi, "Deva") == "hi"
-    assert guess_language("আমাদের গ্রামের কৃষকেরা এখন নতুন পদ্ধতিতে চাষ করছেন এবং ফলন বেড়েছে।", "Beng") == "bn"
+    assert guess_language(marathi, "Deva")[0] == "mr"
+    assert guess_language(hindi, "Deva")[0] == "hi"
+    assert guess_language("আমাদের গ্রামের কৃষকেরা এখন নতুন পদ্ধতিতে চাষ করছেন এবং ফলন বেড়েছে।", "Beng")[0] == "bn"
+    assert guess_language("வணக்கம்", "Taml") == ("ta", 1.0)
 
 
 # ocr ---------------------------------------------------------------------------------------------------------------
@@ -147,9 +149,18 @@ def test_pii_types_in_ascii_and_native_digits():
     text = ("मेल a.b-c@example.co.in, फ़ोन +91 98765 43210 और ०९८७६५ ४३२१०, ऑफ़िस 0522-2345678, "
             "आधार 7181 9093 7865 और ७१८१ ९०९३ ७८६५, पैन ABCPK1234F, ऑर्डर 665632122330, साल 2024")
     clean, counts = redact(text)
-    assert counts == {"email": 1, "aadhaar": 2, "pan": 1, "phone": 3}
+    assert {k: n for k, n in counts.items() if n} == {"email": 1, "aadhaar": 2, "pan": 1, "phone": 3}
     assert "665632122330" in clean and "2024" in clean  # fails the checksum / too short: not an identifier
     assert "[AADHAAR]" in clean and "७१८१" not in clean
+
+
+def test_pii_indian_financial_and_vehicle_identifiers():
+    text = ("GSTIN 27AAPFU0939F1ZV, गलत 27AAPFU0939F1ZA; IFSC SBIN0001234; UPI ramesh.k@okaxis और 9876543210@ybl; "
+            "मेल ramesh@example.com; गाड़ी MH 12 AB 1234, DL3CAF0001, 22 BH 1234 AA; नहीं: XY 12 AB 1234, 987 654 3210")
+    clean, counts = redact(text)
+    assert {k: n for k, n in counts.items() if n} == {"email": 1, "upi": 2, "gstin": 1, "ifsc": 1, "vehicle": 3, "phone": 1}
+    assert "27AAPFU0939F1ZA" in clean and "XY 12 AB 1234" in clean  # bad check character, no such state
+    assert "[UPI]" in clean and "[EMAIL]" in clean and "ramesh" not in clean
 
 
 # quality -----------------------------------------------------------------------------------------------------------
@@ -165,7 +176,7 @@ def test_quality_measures_and_reasons():
     assert stage.process(good) is None and good["stopwords"] >= 2
     assert stage.process(record("बहुत छोटा", lang="hi")) == "too_short"
     spam = record("★★★ ☎☎☎ ₹₹₹ 🔥🔥🔥 बंपर सेल आज ही ख़रीदें अभी", lang="hi")
-    assert symbol_ratio(spam["text"]) > 0.2 and stage.process(spam) == "too_many_symbols"
+    assert character_ratios(spam["text"])[0] > 0.2 and stage.process(spam) == "too_many_symbols"
     looped = record(" ".join(["आज का राशिफल बहुत शुभ है"] * 20), lang="hi")
     assert duplicate_ngram_fraction(words(looped["text"])) > 0.9 and stage.process(looped) == "repeated_ngrams"
     english_like = record(" ".join(["अ"] * 60), lang="hi")
@@ -174,15 +185,148 @@ def test_quality_measures_and_reasons():
 
 # dedup -------------------------------------------------------------------------------------------------------------
 
-def test_dedup_key_folds_spacing_and_case_but_keeps_vowel_signs():
-    assert dedup_key("Hello  World\n") == dedup_key("hello world")
-    assert dedup_key("कुल") != dedup_key("कल")  # stripping marks would make these collide
-    assert dedup_key("क्\u200dष") == dedup_key("क्ष")
+def test_comparison_key_folds_spacing_case_and_digits_but_keeps_vowel_signs():
+    assert comparison_key("Hello  World 2024\n") == comparison_key("hello world २०२४")
+    assert comparison_key("कुल") != comparison_key("कल")  # stripping marks would make these collide
+    assert comparison_key("प्रेम") != comparison_key("परम")
+    assert comparison_key("क्\u200dष") == comparison_key("क्ष")
 
 
-def test_exact_dedup_names_the_first_copy():
-    stage = ExactDedup(DedupConfig())
-    first, second = record("एक ही पाठ"), record("एक  ही पाठ")
-    first["id"], second["id"] = "a#0", "b#3"
-    assert stage.process(first) is None
-    assert stage.process(second) == "duplicate_of:a#0"
+def run_corpus_stage(stage, records):
+    for r in records:
+        stage.observe(r)
+    stage.finish_observing()
+    return [stage.process(r) for r in records]
+
+
+def test_exact_and_near_duplicates_keep_the_first_of_each_cluster():
+    base = (HELDOUT / "hi.txt").read_text().split("\n\n")[0]
+    assert len(words(base)) > 60
+    tokens = base.split()
+    one_word_changed = " ".join(tokens[:10] + ["बदला"] + tokens[11:])
+    chained = " ".join(tokens[:30] + ["नया", "शब्द"] + tokens[32:])  # near the second, maybe not the first
+    docs = [record(t) for t in (base, "अलग विषय का एक बिल्कुल अलग पाठ है जो किसी से नहीं मिलता " * 3,
+                                base.replace(" ", "  "), one_word_changed, chained)]
+    for i, r in enumerate(docs):
+        r["id"] = f"doc#{i}"
+    reasons = run_corpus_stage(Dedup(DedupConfig()), docs)
+    assert reasons == [None, None, "exact_duplicate", "near_duplicate", "near_duplicate"]
+    assert [r.get("duplicate_of") for r in docs] == [None, None, "doc#0", "doc#0", "doc#0"]
+    assert docs[0]["cluster_size"] == 4 and docs[1]["cluster_size"] == 1
+
+
+def test_near_dedup_tells_apart_texts_that_differ_only_in_vowel_signs():
+    text_a = " ".join(["कुल किताबें मेज़ पर रखी हैं और बच्चे पढ़ रहे हैं"] * 8)
+    text_b = text_a.replace("कुल", "कल").replace("किताबें", "कताब").replace("बच्चे", "बचच")
+    docs = [record(text_a), record(text_b)]
+    docs[1]["id"] = "t#1"
+    assert run_corpus_stage(Dedup(DedupConfig(exact=True)), docs) == [None, None]
+
+
+def test_dedup_is_the_same_for_any_seed_order_of_calls():
+    with pytest.raises(ValueError, match="multiple of bands"):
+        Dedup(DedupConfig(num_perm=100, bands=14))
+
+
+def test_repeated_lines_across_a_sources_documents_are_removed():
+    footer = "इस लेख को साझा करें: फेसबुक | ट्विटर"
+    topics = ["खेती", "बारिश", "स्कूल", "बाज़ार", "रेल", "नदी"]
+    bodies = [f"यह दस्तावेज़ {topic} के बारे में अपना अलग पाठ है जिसमें कई शब्द हैं" for topic in topics]
+    docs = [record(f"{body}\n{footer}") for body in bodies] + [record(footer + "\n" + footer)]
+    stage = RepeatedLines(RepeatedLinesConfig(min_documents=5))
+    reasons = run_corpus_stage(stage, docs)
+    assert reasons == [None] * 6 + ["only_repeated_lines"]
+    assert all(footer not in d["text"] and d["repeated_lines_removed"] == 1 for d in docs[:6])
+    assert docs[0]["text"] == bodies[0]
+
+
+# policies, flags and gates added to the stages -----------------------------------------------------------------
+
+POLICIES = [dict(nukta=n, candrabindu=c, danda=d, digits=g, punctuation=p) for n in ("keep", "remove")
+            for c in ("keep", "anusvara") for d in ("unicode", "keep") for g in ("keep", "ascii", "native")
+            for p in ("keep", "ascii")]
+
+
+@pytest.mark.parametrize("policy", POLICIES, ids=lambda p: "-".join(p.values()))
+def test_every_normalize_policy_is_idempotent_and_nfc(policy):
+    text = "ज़िंदगी में “हैँ” १२ और 34 बातें|| फिर | ठीक a|b 10:30 बजे।। দুঃখ ড় — …"
+    once = normalize_text(text, "hi", **policy)
+    assert normalize_text(once, "hi", **policy) == once == unicodedata.normalize("NFC", once)
+
+
+def test_normalize_policies_do_what_they_say():
+    assert normalize_text("ज़रा हैँ", "hi", nukta="remove", candrabindu="anusvara") == "जरा हैं"
+    assert normalize_text("वह आया|| फिर गया।। ठीक | a|b http://x.in/a|b", "hi") == "वह आया॥ फिर गया॥ ठीक । a|b http://x.in/a|b"
+    assert normalize_text("सन 2024", "hi", digits="native") == "सन २०२४"
+    assert normalize_text("उसने कहा, “हाँ” — ठीक…", "hi") == "उसने कहा, “हाँ” — ठीक…"
+    assert normalize_text("उसने कहा, “हाँ” — ठीक…", "hi", punctuation="ascii") == 'उसने कहा, "हाँ" - ठीक...'
+    assert normalize_text("ياك", "ur") == "یاک"  # Arabic yeh and kaf written as Urdu's
+
+
+def test_identify_flags_romanized_and_code_mixed_text_and_rejects_legacy_fonts():
+    stage = Identify(IdentifyConfig())
+    roman = record("yeh film bahut acchi hai aur sabko dekhni chahiye, kya tum bhi aaoge")
+    assert stage.process(roman) is None and roman["romanized"] and roman["lang"] == "hi" and roman["script"] == "Latn"
+    english = record("This film is very good and everybody should watch it with their friends.")
+    assert stage.process(english) is None and not english["romanized"] and english["lang"] == "en"
+    mixed = record("मैं कल office जाऊँगा, meeting के बाद lunch करेंगे और फिर project पर काम होगा")
+    assert stage.process(mixed) is None and mixed["code_mixed"] and mixed["lang"] == "hi"
+    krutidev = record("vkt ge ,d u;s fo|ky; esa x;s vkSj ogk¡ cgqr vPNk yxk D;ksafd ;g gekjk gS", lang="hi")
+    assert stage.process(krutidev) == "legacy_font:krutidev"
+    assert Identify(IdentifyConfig(romanized="drop")).process(record(roman["text"])) == "romanized"
+
+
+def test_identify_uses_a_user_supplied_fasttext_model(tmp_path):
+    fasttext = pytest.importorskip("fasttext")
+    hindi = (HELDOUT / "hi.txt").read_text().split("\n\n")
+    marathi = (HELDOUT / "mr.txt").read_text().split("\n\n")
+    lines = [f"__label__hin_Deva {' '.join(p.split())}" for p in hindi] + [
+        f"__label__mar_Deva {' '.join(p.split())}" for p in marathi]
+    (tmp_path / "train.txt").write_text("\n".join(lines * 20) + "\n")
+    fasttext.train_supervised(str(tmp_path / "train.txt"), epoch=20, verbose=0, seed=1, thread=1).save_model(
+        str(tmp_path / "lid.bin"))
+    stage = Identify(IdentifyConfig(fasttext_model=str(tmp_path / "lid.bin")))
+    r = record(marathi[0])
+    assert stage.process(r) is None and r["lang"] == "mr" and 0.5 < r["lang_score"] <= 1.0
+    strict = Identify(IdentifyConfig(fasttext_model=str(tmp_path / "lid.bin"), min_lang_score=1.01))
+    assert strict.process(record(hindi[0])) == "low_lang_score"
+
+
+def test_ocr_gates_on_word_confidence_and_repairs_two_part_vowels():
+    stage = Ocr(OcrConfig())
+    pages = [record("गाँव की कहानी अाज सुनो, मैंने देखा तो वह बाेला कुछ नहीं", lang="hi", kind="ocr", book="b",
+                    mean_confidence=91.0),
+             record("धुँधला पन्ना जिसे ठीक से पढ़ा नहीं जा सका", lang="hi", kind="ocr", book="b", mean_confidence=41.0)]
+    assert stage.process_batch(pages) == [None, "ocr_low_confidence"]
+    assert "आज" in pages[0]["text"] and "बोला" in pages[0]["text"] and pages[0]["ocr_confusions_repaired"] == 2
+
+
+def test_asr_drops_repetitive_paragraphs_by_folded_compression_and_implausible_rates():
+    from data.stages.asr import folded_compression_ratio
+
+    prose = (HELDOUT / "hi.txt").read_text()
+    assert folded_compression_ratio(prose) < 2.4 < len(prose.encode()) / len(__import__("zlib").compress(prose.encode()))
+    loop = "धन्यवाद। धन्यवाद, धन्यवाद! " * 12
+    assert folded_compression_ratio(loop) > 5
+    r = record(f"{loop}\nआज हम बारिश के पानी को बचाने के तरीक़ों पर बात करेंगे", lang="hi", kind="asr",
+               segments=[{"start": 0.0, "end": 20.0}, {"start": 25.0, "end": 29.0}])
+    assert Asr(AsrConfig()).process(r) == "asr_repetition_loop"
+    fast = record("यह वाक्य एक सेकंड से भी कम समय में बोला गया जो संभव नहीं है\nठीक है अब आगे बढ़ते हैं", lang="hi",
+                  kind="asr", segments=[{"start": 0.0, "end": 0.5}, {"start": 1.0, "end": 3.0}])
+    assert Asr(AsrConfig()).process(fast) is None and fast["text"] == "ठीक है अब आगे बढ़ते हैं"
+    assert fast["asr_segments_dropped"] == 1
+
+
+def test_decontaminate_drops_documents_sharing_13_grams_with_eval_sets(tmp_path):
+    from data.stages.decontaminate import Decontaminate, DecontaminateConfig
+
+    eval_sentence = "भारत के उत्तर में हिमालय पर्वत है जो दुनिया की सबसे ऊँची पर्वत श्रृंखला मानी जाती है"
+    (tmp_path / "dev.txt").write_text(f"{eval_sentence}\nबहुत छोटा\n")
+    (tmp_path / "qa.jsonl").write_text(json.dumps({"question": "गंगा नदी कहाँ से निकलती है और किन राज्यों से होकर बहती है"},
+                                                  ensure_ascii=False) + "\n")
+    stage = Decontaminate(DecontaminateConfig(paths=[str(tmp_path / "dev.txt"), str(tmp_path / "qa.jsonl")]))
+    leaked = record(f"कल की कक्षा में शिक्षक ने बताया कि {eval_sentence.replace('भारत', 'भारत')} और फिर छुट्टी हो गई")
+    assert stage.process(leaked) == "eval_overlap" and leaked["eval_overlap"].endswith("dev.txt")
+    question = record("पहेली: गंगा नदी कहाँ से निकलती है और किन राज्यों से होकर बहती है? उत्तर कल मिलेगा")
+    assert stage.process(question) == "eval_overlap" and question["eval_overlap"].endswith("qa.jsonl")
+    assert stage.process(record("बहुत छोटा सा वाक्य जो किसी परीक्षा में नहीं है और कहीं से लिया नहीं गया")) is None

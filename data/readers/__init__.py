@@ -12,6 +12,7 @@ with that reason, so every input unit is accounted for.
 from __future__ import annotations
 
 import glob
+import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,7 +30,10 @@ class Source:
     """One entry of a data recipe's ``sources`` list."""
 
     path: str = field(help="a file, a directory, or a glob pattern (recursive ** allowed); $VARIABLES are expanded")
-    format: str = field(help="jsonl | parquet | csv | tsv | txt | pages | srt | vtt | whisper_json | kaldi")
+    format: str = field(
+        help="web: jsonl | parquet | csv | tsv | txt | hf | mediawiki; ocr: pages | tesseract_tsv | hocr; "
+        "asr: srt | vtt | whisper_json | asr_manifest | kaldi"
+    )
     kind: Kind = field("web", help="web | ocr | asr: selects the clean-up stages that apply")
     lang: str | None = field(None, help="declared language code; None lets the identify stage decide")
     name: str | None = field(None, help="name in the report (default: the path as written)")
@@ -37,6 +41,9 @@ class Source:
     lang_field: str | None = field(None, help="jsonl/parquet/csv/tsv: a column that holds each record's language")
     unit: Literal["file", "paragraph", "line"] = field("file", help="txt: one record per file, paragraph or line")
     limit: int | None = field(None, help="read at most this many records from the source (for trials)")
+    max_chars: int = field(10_000_000, help="a longer record is rejected as too_long (a 50 MB line would stall every stage)")
+    split: str = field("train", help="hf: the split to read")
+    subset: str | None = field(None, help="hf: the dataset's configuration name")
 
     def __post_init__(self) -> None:
         if self.format not in READERS:
@@ -47,6 +54,8 @@ class Source:
         self.path = os.path.expandvars(self.path)
 
     def files(self) -> list[Path]:
+        if self.format == "hf":
+            return [Path(self.path)]  # a hub id or a save_to_disk directory: the reader resolves it
         path = Path(self.path)
         if path.is_dir():
             matches = sorted(p for p in path.rglob("*") if p.is_file())
@@ -76,32 +85,83 @@ def make_record(source: Source, path: Path, position: int, text: str, lang: str 
         "kind": source.kind,
         "meta": meta,
     }
+    if not read_error and len(text) > source.max_chars:
+        read_error = f"too_long:{len(text)}_chars"
+        record["text"] = text[:1000]  # the head is enough to look at; the rest would bloat the rejected output
     if read_error:
         record["read_error"] = read_error
     return record
 
 
-def numbered_lines(path: Path) -> Iterator[tuple[int, str, str | None]]:
-    """(position among non-blank lines, "line N", text or None where the bytes are not UTF-8)."""
-    position = 0
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def sniff(path: Path) -> str:
+    """``utf-8`` (with or without BOM), ``utf-16`` (by its BOM), ``binary`` (NUL bytes early on) or ``empty``."""
     with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
+        head = handle.read(8192)
+    if not head:
+        return "empty"
+    if head.startswith(_UTF16_BOMS):
+        return "utf-16"
+    return "binary" if b"\x00" in head else "utf-8"
+
+
+def numbered_lines(path: Path) -> Iterator[tuple[int, str, str | None]]:
+    """(position among non-blank lines, "line N", text or None where the bytes are not UTF-8).
+
+    A UTF-8 byte-order mark is dropped and UTF-16 files (marked by their BOM) are decoded.
+    """
+    if sniff(path) == "utf-16":
+        lines = (raw.encode("utf-8") for raw in path.read_text(encoding="utf-16").splitlines())
+    else:
+        lines = open(path, "rb")  # noqa: SIM115 (closed below)
+    position = 0
+    try:
+        for number, raw in enumerate(lines, start=1):
             try:
                 line = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError:
                 line = None
+            if number == 1 and line:
+                line = line.lstrip("\ufeff")
             if line is None or line.strip():
                 yield position, f"line {number}", line
                 position += 1
+    finally:
+        if hasattr(lines, "close"):
+            lines.close()
+
+
+def json_objects(source: Source, path: Path) -> Iterator[tuple[int, str, dict | None, dict[str, Any] | None]]:
+    """JSON lines as (position, "line N", object, None), or (position, "line N", None, a rejected record)
+    for a line that is not UTF-8, not JSON, or not an object."""
+    for position, where, line in numbered_lines(path):
+        if line is None:
+            yield position, where, None, make_record(source, path, position, "", read_error="invalid_utf8", where=where)
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            error = f"invalid_json:{err.msg}"
+            yield position, where, None, make_record(source, path, position, line, read_error=error, where=where)
+            continue
+        if isinstance(row, dict):
+            yield position, where, row, None
+        else:
+            yield position, where, None, make_record(source, path, position, line, read_error="not_an_object", where=where)
 
 
 def read_text_file(path: Path) -> str | None:
+    """The whole file as text (UTF-8 with or without BOM, or BOM-marked UTF-16); None if it is not text."""
     try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
+        return path.read_text(encoding="utf-16" if sniff(path) == "utf-16" else "utf-8-sig")
+    except UnicodeError:
         return None
 
 
+# Formats whose files are not text: the reader checks them itself.
+BINARY_FORMATS = ("parquet", "hf", "mediawiki")
 READERS: dict[str, Callable[[Source, Path], Iterator[dict[str, Any]]]] = {}
 
 
@@ -118,7 +178,12 @@ def read(source: Source) -> Iterator[dict[str, Any]]:
     """All records of a source, in file order; stops after ``source.limit`` records."""
     count = 0
     for path in source.files():
-        for record in READERS[source.format](source, path):
+        encoding = None if source.format in BINARY_FORMATS else sniff(path)
+        if encoding in ("empty", "binary"):  # counted, so a file that gave nothing is still in the report
+            records = iter([make_record(source, path, 0, "", read_error=f"{encoding}_file", where="file")])
+        else:
+            records = READERS[source.format](source, path)
+        for record in records:
             if source.limit is not None and count >= source.limit:
                 return
             yield record
@@ -126,4 +191,4 @@ def read(source: Source) -> Iterator[dict[str, Any]]:
 
 
 # Importing the modules registers their formats.
-from data.readers import asr, ocr, web  # noqa: E402,F401
+from data.readers import asr, mediawiki, ocr, web  # noqa: E402,F401

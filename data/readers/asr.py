@@ -1,4 +1,4 @@
-"""Speech transcripts: SRT, WebVTT, Whisper JSON and Kaldi ``text`` files.
+"""Speech transcripts: SRT, WebVTT, Whisper JSON, JSONL manifests and Kaldi ``text`` files.
 
 A subtitle or Whisper file becomes one record whose text holds one line per segment; ``meta.segments``
 keeps each line's timing and, for Whisper, its scores, so the ASR stage can judge segments one by one.
@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from data.readers import Source, make_record, numbered_lines, read_text_file, reader
+from data.readers import Source, json_objects, make_record, numbered_lines, read_text_file, reader
 
 _TIMING = re.compile(r"(?P<start>[\d:.,]+)\s*-->\s*(?P<end>[\d:.,]+)")
 _MARKUP = re.compile(r"</?(?:i|b|u|c|v|lang|ruby|rt)(?:[.\s][^>]*)?>|<\d{1,2}:[\d:.]+>|\{\\[^}]*\}")
@@ -87,3 +87,20 @@ def read_kaldi_text(source: Source, path: Path) -> Iterator[dict[str, Any]]:
         error = None if transcript.strip() else "empty_transcript"
         yield make_record(source, path, position, transcript.strip(), read_error=error, where=where,
                           utterance=utterance)
+
+
+@reader("asr_manifest")
+def read_asr_manifest(source: Source, path: Path) -> Iterator[dict[str, Any]]:
+    """NeMo-style JSON lines: ``audio_filepath``, ``text`` (or ``source.text_field``), ``duration`` in seconds."""
+    for position, where, row, rejected in json_objects(source, path):
+        if rejected:
+            yield rejected
+            continue
+        if not isinstance(row.get(source.text_field), str):
+            yield make_record(source, path, position, json.dumps(row, ensure_ascii=False),
+                              read_error=f"missing_field:{source.text_field}", where=where)
+            continue
+        duration = row.get("duration")
+        segment = {"start": 0.0, "end": float(duration)} if isinstance(duration, (int, float)) else {}
+        yield make_record(source, path, position, " ".join(row[source.text_field].split()), lang=row.get("lang"),
+                          where=where, audio_filepath=row.get("audio_filepath"), segments=[segment])

@@ -1,10 +1,9 @@
-"""Web text: JSON lines, Parquet, CSV/TSV with a named text column, plain text."""
+"""Web text: JSON lines, Parquet, CSV/TSV with a named text column, plain text, Hugging Face datasets."""
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from data.readers import Source, make_record, numbered_lines, read_text_file, reader
+from data.readers import Source, json_objects, make_record, numbered_lines, read_text_file, reader
 
 
 def _from_row(source: Source, path: Path, position: int, row: dict[str, Any], where: str) -> dict[str, Any]:
@@ -29,19 +28,8 @@ def _from_row(source: Source, path: Path, position: int, row: dict[str, Any], wh
 
 @reader("jsonl")
 def read_jsonl(source: Source, path: Path) -> Iterator[dict[str, Any]]:
-    for position, where, line in numbered_lines(path):
-        if line is None:
-            yield make_record(source, path, position, "", read_error="invalid_utf8", where=where)
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            yield make_record(source, path, position, line, read_error=f"invalid_json:{err.msg}", where=where)
-            continue
-        if isinstance(row, dict):
-            yield _from_row(source, path, position, row, where)
-        else:
-            yield make_record(source, path, position, line, read_error="not_an_object", where=where)
+    for position, where, row, rejected in json_objects(source, path):
+        yield rejected or _from_row(source, path, position, row, where)
 
 
 @reader("parquet")
@@ -86,3 +74,27 @@ def read_txt(source: Source, path: Path) -> Iterator[dict[str, Any]]:
     parts = [text] if source.unit == "file" else [p for p in _BLANK_LINES.split(text) if p.strip()]
     for position, part in enumerate(parts):
         yield make_record(source, path, position, part.strip(), where=source.unit)
+
+
+@reader("hf")
+def read_hf(source: Source, path: Path) -> Iterator[dict[str, Any]]:
+    """A directory written by ``Dataset.save_to_disk`` (memory-mapped), or a hub id (streamed; needs the network)."""
+    import datasets
+
+    name = str(source.path)
+    if Path(name).is_dir():
+        data = datasets.load_from_disk(name)
+        if isinstance(data, datasets.DatasetDict):
+            if source.split not in data:
+                raise ValueError(f"source '{source.name}': {name} has no split {source.split!r} (splits: {', '.join(data)})")
+            data = data[source.split]
+    else:
+        try:
+            data = datasets.load_dataset(name, source.subset, split=source.split, streaming=True)
+        except Exception as err:  # offline, unknown id, gated: say which source and what to do
+            raise RuntimeError(
+                f"source '{source.name}': cannot load {name!r} from the Hugging Face Hub ({type(err).__name__}: {err}). "
+                "Offline, save it with Dataset.save_to_disk and set path to that directory."
+            ) from err
+    for position, row in enumerate(data):
+        yield _from_row(source, path, position, row, f"row {position}")

@@ -6,6 +6,11 @@ several records at once (the pages of one book, the documents seen so far) overr
 ``process_batch``. The pipeline owns routing and counting: it hands a stage only the records of the
 kinds it applies to, moves dropped records to the rejected output with the stage name and reason,
 and checks that every input record ends up kept or rejected.
+
+Record stages judge each record (or book) alone, so the pipeline runs them in worker processes.
+A ``CorpusStage`` (duplicates, boilerplate lines) must see every record first: the pipeline calls
+``observe`` on all records that reach it, then ``finish_observing``, then ``process`` on the same
+records in the same order.
 """
 
 from __future__ import annotations
@@ -28,3 +33,13 @@ class Stage:
 
     def process_batch(self, records: list[Record]) -> list[str | None]:
         return [self.process(record) for record in records]
+
+
+class CorpusStage(Stage):
+    kinds = ("web", "ocr", "asr")
+
+    def observe(self, record: Record) -> None:
+        raise NotImplementedError
+
+    def finish_observing(self) -> None:
+        """Called once, after every record was observed and before the first ``process``."""

@@ -1,43 +1,174 @@
-"""dedup: exact duplicates, by a hash of the text after folding what does not change meaning.
+"""Corpus-wide stages: lines repeated across a source's documents, exact duplicates, near duplicates.
 
-The key folds compatibility forms (NFKC), case, zero-width joiners and whitespace, and keeps every
-vowel sign, virama and nukta: stripping combining marks, as several dedup tools do for their keys,
-makes different Indic words collide. The first record with a key is kept; later ones are dropped as
-``duplicate_of:<id of the first>``.
+Each of them must see the whole corpus before it can judge one record, so the pipeline runs them
+after the per-record stages, in two steps over the surviving records: ``observe`` every record in
+order, then ``process`` every record in the same order. The kept copy of a duplicate is always the
+first in input order, so the result does not depend on how the work was split.
+
+Keys come from ``text.comparison_key``: folded for spacing, case, digits and compatibility forms,
+with every vowel sign, virama and nukta kept.
 """
 
 from __future__ import annotations
 
-import hashlib
-import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
+import xxhash
 
-from data.stages import Record, Stage
+from data import text
+from data.recipe import field
+from data.stages import CorpusStage, Record
 
-_ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
+
+@dataclass
+class RepeatedLinesConfig:
+    enabled: bool = True
+    min_documents: int = field(
+        10, help="a line found in this many documents of one source is boilerplate (menus, bylines, share buttons)"
+    )
+    min_line_chars: int = field(1, help="shorter lines are never counted or removed")
+    kinds: list[str] = field(default_factory=lambda: ["web"], help="record kinds it applies to")
+    min_words_left: int = field(5, help="reject a document left with fewer words: only_repeated_lines")
 
 
-def dedup_key(text: str) -> str:
-    folded = unicodedata.normalize("NFKC", text).casefold().translate(_ZERO_WIDTH)
-    return hashlib.blake2b(" ".join(folded.split()).encode("utf-8"), digest_size=16).hexdigest()
+class RepeatedLines(CorpusStage):
+    name = "repeated_lines"
+    columns = {"repeated_lines_removed": pa.int32()}
+
+    def __init__(self, config: RepeatedLinesConfig):
+        self.config = config
+        self.kinds = tuple(config.kinds)
+        self.documents_with: Counter[int] = Counter()
+
+    def _keys(self, record: Record) -> list[int | None]:
+        return [
+            xxhash.xxh64_intdigest(f"{record['source']}\n{text.comparison_key(line)}".encode())
+            if len(line.strip()) >= self.config.min_line_chars else None
+            for line in record["text"].split("\n")
+        ]
+
+    def observe(self, record: Record) -> None:
+        self.documents_with.update({key for key in self._keys(record) if key is not None})
+
+    def process(self, record: Record) -> str | None:
+        lines = record["text"].split("\n")
+        keep = [key is None or self.documents_with[key] < self.config.min_documents for key in self._keys(record)]
+        record["repeated_lines_removed"] = keep.count(False)
+        if all(keep):
+            return None
+        record["text"] = "\n".join(line for line, k in zip(lines, keep) if k).strip()
+        if len(text.words(record["text"])) < self.config.min_words_left:
+            return "only_repeated_lines"
+        return None
 
 
 @dataclass
 class DedupConfig:
     enabled: bool = True
+    exact: bool = field(True, help="drop records whose comparison key equals an earlier record's")
+    near: bool = field(True, help="MinHash LSH near-duplicate clusters, one record kept per cluster")
+    ngram: int = field(5, help="words per shingle (vowel signs and viramas stay inside words)")
+    num_perm: int = field(112, help="MinHash permutations; must equal bands x rows")
+    bands: int = field(14, help="LSH bands; rows = num_perm / bands; threshold about (1/bands)^(1/rows) (0.72)")
+    threshold: float = field(0.7, help="estimated Jaccard similarity a candidate pair must reach to be merged")
+    seed: int = field(1, help="seed of the permutations: signatures from different seeds do not compare")
 
 
-class ExactDedup(Stage):
+class Dedup(CorpusStage):
+    """Exact duplicates by a 128-bit hash of the comparison key; near duplicates by MinHash LSH.
+
+    Each band of a signature that an earlier record already filled names a candidate; a candidate is
+    merged when the signatures agree on at least ``threshold`` of their values, and clusters grow by
+    union-find, so A~B and B~C put all three together. The earliest record of a cluster is kept; the
+    others are rejected with ``duplicate_of`` naming it, and every record carries its cluster size
+    (for FineWeb-2-style rehydration).
+    """
+
     name = "dedup"
-    columns = {"text_hash": pa.string()}
+    columns = {"text_hash": pa.string(), "duplicate_of": pa.string(), "cluster_size": pa.int32()}
 
     def __init__(self, config: DedupConfig):
+        if config.num_perm % config.bands:
+            raise ValueError(f"dedup: num_perm ({config.num_perm}) must be a multiple of bands ({config.bands})")
         self.config = config
-        self.first_seen: dict[str, str] = {}
+        self.rows = config.num_perm // config.bands
+        rng = np.random.default_rng(config.seed)
+        self.multipliers = rng.integers(1, 2**63, size=config.num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+        self.offsets = rng.integers(0, 2**63, size=config.num_perm, dtype=np.uint64)
+        self.first_with_hash: dict[str, int] = {}
+        self.buckets: list[dict[int, int]] = [{} for _ in range(config.bands)]
+        self.signatures: list[np.ndarray] = []
+        self.parent: list[int] = []
+        self.observed = 0
+        self.cursor = 0
+        self.representative_ids: dict[int, str] = {}
+
+    def signature(self, content: str) -> np.ndarray:
+        """MinHash signature: per permutation, the least of (a*x + b) mod 2^64, top 32 bits, over the shingles."""
+        shingles = text.ngram_hashes(text.word_hashes(text.words(text.key_words_text(content))), self.config.ngram)
+        least = np.full(self.config.num_perm, np.iinfo(np.uint64).max, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            for start in range(0, len(shingles), 4096):  # bounded memory for book-length texts
+                block = shingles[start : start + 4096, None] * self.multipliers
+                block += self.offsets
+                np.minimum(least, block.min(axis=0), out=least)
+        return (least >> np.uint64(32)).astype(np.uint32)  # the top bits' minimum is the minimum's top bits
+
+    def _root(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def _union(self, a: int, b: int) -> None:
+        ra, rb = self._root(a), self._root(b)
+        if ra != rb:  # the earlier record is the root: it is the one kept
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def observe(self, record: Record) -> None:
+        index = self.observed
+        self.observed += 1
+        self.parent.append(index)
+        key = xxhash.xxh3_128_hexdigest(text.comparison_key(record["text"]).encode())
+        if self.config.exact:
+            first = self.first_with_hash.setdefault(key, index)
+            if first != index:
+                self._union(first, index)
+                self.signatures.append(self.signatures[first])
+                return
+        if not self.config.near:
+            self.signatures.append(np.zeros(0, dtype=np.uint32))
+            return
+        signature = self.signature(record["text"])
+        self.signatures.append(signature)
+        needed = self.config.threshold * self.config.num_perm
+        for band, bucket in enumerate(self.buckets):
+            band_key = xxhash.xxh64_intdigest(signature[band * self.rows : (band + 1) * self.rows].tobytes())
+            other = bucket.setdefault(band_key, index)
+            if other != index and self._root(other) != self._root(index):
+                if np.count_nonzero(self.signatures[other] == signature) >= needed:
+                    self._union(other, index)
+
+    def finish_observing(self) -> None:
+        roots = np.array([self._root(i) for i in range(self.observed)], dtype=np.int64)
+        self.roots = roots
+        self.cluster_sizes = np.bincount(roots, minlength=self.observed)
+        self.signatures = []  # the clusters are settled; free the memory
+        self.buckets = []
 
     def process(self, record: Record) -> str | None:
-        key = record["text_hash"] = dedup_key(record["text"])
-        first = self.first_seen.setdefault(key, record["id"])
-        return None if first == record["id"] else f"duplicate_of:{first}"
+        index = self.cursor
+        self.cursor += 1
+        record["text_hash"] = xxhash.xxh3_128_hexdigest(text.comparison_key(record["text"]).encode())
+        root = int(self.roots[index])
+        record["cluster_size"] = int(self.cluster_sizes[root])
+        if root == index:
+            if record["cluster_size"] > 1:
+                self.representative_ids[index] = record["id"]
+            return None
+        record["duplicate_of"] = self.representative_ids[root]
+        exact = self.config.exact and self.first_with_hash[record["text_hash"]] != index
+        return "exact_duplicate" if exact else "near_duplicate"

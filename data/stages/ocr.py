@@ -3,7 +3,11 @@
 Per book: drop page numbers and the running headers and footers that repeat at the top or bottom of
 many pages (odd and even pages may carry different ones), repair vowel signs the OCR split off their
 consonant, join words hyphenated across line ends, and rebuild paragraphs from the hard line breaks.
-A page whose characters are mostly outside its script, digits and punctuation is dropped as garbage.
+Devanagari vowels the OCR built from two parts (अ + ा for आ, ा + े for ो: sequences Unicode says
+never to use) are written as the single letter. A page whose characters are mostly outside its
+script, digits and punctuation is dropped as garbage, and one whose OCR engine reported a low mean
+word confidence (Tesseract TSV, hOCR) is dropped as low confidence. Legacy-font mojibake is caught
+earlier, by the identify stage, for every kind of source.
 """
 
 from __future__ import annotations
@@ -24,6 +28,13 @@ _DETACHED_SIGN = regex.compile(r"(?<=\p{L}\p{M}*)[ \u25cc]+(?=\p{M})")  # "क �
 _HYPHEN_END = regex.compile(r"(\p{L}[\p{L}\p{M}]*)[-\u00ad\u2010]$")
 _WORD_START = regex.compile(r"^([\p{L}\p{M}]+)")
 _SENTENCE_END = tuple("।॥.?!\"”'’")
+# Two-part Devanagari vowels and their one-code-point forms (The Unicode Standard, table 12-1).
+_TWO_PART_VOWELS = {
+    "\u0905\u093e": "\u0906", "\u0905\u0949": "\u0911", "\u0905\u094a": "\u0912", "\u0905\u094b": "\u0913",
+    "\u0905\u094c": "\u0914", "\u090f\u0945": "\u090d", "\u090f\u0946": "\u090e", "\u090f\u0947": "\u0910",
+    "\u093e\u0945": "\u0949", "\u093e\u0946": "\u094a", "\u093e\u0947": "\u094b", "\u093e\u0948": "\u094c",
+}
+_TWO_PART = regex.compile("|".join(_TWO_PART_VOWELS))
 EDGE_LINES = 2  # how many lines at the top and at the bottom of a page can be header, footer or number
 
 
@@ -34,6 +45,9 @@ class OcrConfig:
         0.3, help="a top/bottom line is a running header/footer when it repeats on this share of a book's pages"
     )
     max_garbage_ratio: float = field(0.3, help="drop a page whose share of unexpected characters is above this")
+    min_mean_confidence: float = field(
+        60.0, help="drop a page whose mean word confidence (0-100, Tesseract TSV and hOCR only) is below this"
+    )
 
 
 def _edge_key(line: str) -> str:
@@ -42,23 +56,24 @@ def _edge_key(line: str) -> str:
 
 
 def _garbage_ratio(text: str, scripts: tuple[str, ...]) -> float:
-    chars = [c for c in text if not c.isspace()]
-    if not chars:
+    chars = Counter(c for c in text if not c.isspace())
+    total = sum(chars.values())
+    if not total:
         return 0.0
     expected = sum(
-        1
-        for c in chars
+        n
+        for c, n in chars.items()
         if c.isdigit()
         or unicodedata.category(c)[0] == "P"
         or (languages.is_letter(c) and (languages.script_of(c) in scripts or languages.script_of(c) == "Latn"))
     )
-    return 1 - expected / len(chars)
+    return 1 - expected / total
 
 
 class Ocr(Stage):
     name = "ocr"
     kinds = ("ocr",)
-    columns = {"ocr_lines_removed": pa.int32()}
+    columns = {"ocr_lines_removed": pa.int32(), "ocr_confusions_repaired": pa.int32()}
 
     def __init__(self, config: OcrConfig):
         self.config = config
@@ -88,12 +103,20 @@ class Ocr(Stage):
                 if at_edge and (_PAGE_NUMBER.match(line) or _edge_key(line) in running):
                     continue
                 kept.append(_DETACHED_SIGN.sub("", line))
+            repaired = 0
+            for i, line in enumerate(kept):
+                kept[i], n = _TWO_PART.subn(lambda m: _TWO_PART_VOWELS[m.group()], line)
+                repaired += n
             page["ocr_lines_removed"] = len(lines) - len(kept)
+            page["ocr_confusions_repaired"] = repaired
             page["text"] = _paragraphs(kept, vocabulary, hyphenated)
 
     def _judge(self, record: Record) -> str | None:
         if not record["text"].strip():
             return "ocr_empty_page"
+        confidence = record["meta"].get("mean_confidence")
+        if confidence is not None and confidence < self.config.min_mean_confidence:
+            return "ocr_low_confidence"
         scripts = languages.get(record["lang"]).scripts if record["lang"] else tuple(languages.SCRIPTS)
         if _garbage_ratio(record["text"], scripts) > self.config.max_garbage_ratio:
             return "ocr_garbage"

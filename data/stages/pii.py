@@ -2,7 +2,9 @@
 
 Numbers are matched in any script's digits (Devanagari ४५६७ as well as 4567): the text is matched
 through a copy with every digit folded to ASCII, which keeps character offsets, and the original is
-edited. An Aadhaar number must pass its Verhoeff checksum, so an ordinary 12-digit number stays.
+edited. Checksums and registries keep ordinary text out: an Aadhaar number must pass its Verhoeff
+checksum and a GSTIN its mod-36 check character, a vehicle registration must start with a state or
+union-territory code, and a UPI ID needs a handle without a dot (a dot makes it an e-mail domain).
 """
 
 from __future__ import annotations
@@ -38,36 +40,82 @@ def verhoeff_valid(digits: str) -> bool:
     return check == 0
 
 
+_GSTIN_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def gstin_valid(gstin: str) -> bool:
+    """The 15th character of a GSTIN is a mod-36 check over the first 14 (weights 1, 2, 1, 2, ...)."""
+    total = 0
+    for i, char in enumerate(gstin[:14]):
+        product = _GSTIN_ALPHABET.index(char) * (2 if i % 2 else 1)
+        total += product // 36 + product % 36
+    return _GSTIN_ALPHABET[(36 - total % 36) % 36] == gstin[14]
+
+
+# State and union-territory codes of Indian registration plates (and BH, the Bharat series).
+_VEHICLE_STATES = ("AN AP AR AS BR CG CH DD DL DN GA GJ HP HR JH JK KA KL LA LD MH ML MN MP MZ NL OD OR PB PY RJ "
+                   "SK TN TR TS UK UA UP WB").split()
+
+
 def _digits(match: re.Match) -> str:
     return re.sub(r"[^0-9]", "", match.group())
 
 
-# Checked in this order; a later pattern never sees what an earlier one replaced.
+# Where two could match at one place, the first listed wins.
 PATTERNS: list[tuple[str, re.Pattern, Callable[[re.Match], bool] | None]] = [
     ("email", re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"), None),
+    # UPI: name@handle, the handle without a dot (okaxis, ybl, paytm); e-mails are gone by now.
+    ("upi", re.compile(r"(?<![\w.@-])[A-Za-z0-9][A-Za-z0-9._-]{1,255}@[A-Za-z][A-Za-z0-9]{1,63}(?![\w.@-])"), None),
+    ("gstin", re.compile(r"(?<![A-Z0-9])[0-3][0-9][A-Z]{5}[0-9]{4}[A-Z][1-9A-Z]Z[0-9A-Z](?![A-Z0-9])"),
+     lambda m: gstin_valid(m.group())),
+    ("ifsc", re.compile(r"(?<![A-Z0-9])[A-Z]{4}0[A-Z0-9]{6}(?![A-Z0-9])"), None),
     ("aadhaar", re.compile(r"(?<![0-9])[2-9][0-9]{3}[ -]?[0-9]{4}[ -]?[0-9]{4}(?![0-9])"),
      lambda m: verhoeff_valid(_digits(m))),
     ("pan", re.compile(r"(?<![A-Z0-9])[A-Z]{3}[PCHFATBLJG][A-Z][0-9]{4}[A-Z](?![A-Z0-9])"), None),
     # Mobile: an optional +91 / 0091 / 0, then ten digits starting 6-9.
     ("phone", re.compile(r"(?<![0-9+])(?:(?:\+91|0091)[ -]?|0)?[6-9][0-9]{4}[ -]?[0-9]{5}(?![0-9])"), None),
+    ("phone", re.compile(r"(?<![0-9+])(?:(?:\+91|0091)[ -]?|0)?[6-9][0-9]{2}[ -][0-9]{3}[ -][0-9]{4}(?![0-9])"), None),
     # Landline: 0, a two- to four-digit STD code, a separator, the number; eleven digits in all.
     ("phone", re.compile(r"(?<![0-9+])0[1-9][0-9]{1,3}[ -][0-9]{6,8}(?![0-9])"), lambda m: len(_digits(m)) == 11),
+]
+PATTERNS += [
+    ("vehicle", re.compile(r"(?<![A-Z0-9])(?P<state>[A-Z]{2})[ -]?[0-9]{1,2}[ -]?[A-Z]{1,3}[ -]?[0-9]{4}(?![A-Z0-9])"),
+     lambda m: m["state"] in _VEHICLE_STATES),
+    ("vehicle", re.compile(r"(?<![A-Z0-9])[0-9]{2}[ -]?BH[ -]?[0-9]{4}[ -]?[A-Z]{1,2}(?![A-Z0-9])"), None),
 ]
 KINDS = tuple(dict.fromkeys(kind for kind, _, _ in PATTERNS))
 
 
-def redact(text: str) -> tuple[str, dict[str, int]]:
-    counts = dict.fromkeys(KINDS, 0)
+# Every identifier is a run of ASCII letters, digits and a few separators (digits already folded to
+# ASCII). The patterns run only on such runs: scanning whole Indic documents with look-behinds at every
+# character would cost more than the rest of the cleaning chain.
+_CANDIDATE = re.compile(r"[A-Za-z0-9@+][A-Za-z0-9@+._%\- ]{5,}")
+
+
+def _redact_run(text: str, folded: str, counts: dict[str, int]) -> str:
     for kind, pattern, valid in PATTERNS:
-        folded = languages.to_ascii_digits(text)  # same length as text: offsets carry over
-        pieces, last = [], 0
+        pieces, folded_pieces, last = [], [], 0
         for match in pattern.finditer(folded):
             if valid is None or valid(match):
-                pieces += [text[last : match.start()], f"[{kind.upper()}]"]
+                placeholder = f"[{kind.upper()}]"
+                pieces += [text[last : match.start()], placeholder]
+                folded_pieces += [folded[last : match.start()], placeholder]
                 last = match.end()
                 counts[kind] += 1
-        text = "".join(pieces) + text[last:]
-    return text, counts
+        if pieces:
+            text, folded = "".join(pieces) + text[last:], "".join(folded_pieces) + folded[last:]
+    return text
+
+
+def redact(text: str) -> tuple[str, dict[str, int]]:
+    counts = dict.fromkeys(KINDS, 0)
+    folded = languages.to_ascii_digits(text)  # same length as text: offsets carry over
+    pieces, last = [], 0
+    for run in _CANDIDATE.finditer(folded):
+        start, end = run.span()
+        pieces += [text[last:start], _redact_run(text[start:end], folded[start:end], counts)]
+        last = end
+    return "".join(pieces) + text[last:], counts
 
 
 @dataclass
