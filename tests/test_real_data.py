@@ -1,5 +1,6 @@
 """The pipeline on real Indic data from ../shared/data (INDICTUNE_SHARED_DATA)."""
 
+import json
 import unicodedata
 from collections import Counter
 from pathlib import Path
@@ -205,3 +206,46 @@ def test_decontamination_against_flores_finds_leaks_and_spares_other_text(shared
                                        format="mediawiki", lang="mr", limit=300)) if "read_error" not in r]
     flagged = [r["meta"]["title"] for r in articles if stage.process(r)]
     assert len(flagged) <= 2, flagged  # Wikipedia is where FLORES comes from, so one or two real overlaps may exist
+
+
+def test_extend_the_llama3_tiktoken_tokenizer(shared_data, tmp_path):
+    """Byte-level BPE extension of Llama-3 on FLORES dev's first half plus news; measured on the second half."""
+    import csv
+
+    import pyarrow as pa
+
+    from training.tokenizer import bytelevel
+
+    flores = {"hi": "hin_Deva", "ta": "tam_Taml", "bn": "ben_Beng"}
+    news = {"hi": "Hindi", "ta": "Tamil", "bn": "Bengal"}
+    rows = []
+    for lang, code in flores.items():
+        rows += [(t, lang) for t in (shared_data / "flores200" / "dev" / f"{code}.dev").read_text().splitlines()[:498]]
+        with open(shared_data / "l3cube_indicnews_shc" / f"{news[lang]}_SHC_Test.csv", encoding="utf-8") as handle:
+            rows += [(r[0], lang) for r in list(csv.reader(handle))[1:] if r]
+    (tmp_path / "train").mkdir()
+    pq.write_table(pa.table({"text": [t for t, _ in rows], "lang": [lang for _, lang in rows]}),
+                   tmp_path / "train" / "part-0.parquet")
+    for lang, code in {**flores, "en": "eng_Latn"}.items():
+        lines = (shared_data / "flores200" / "dev" / f"{code}.dev").read_text().splitlines()[498:]
+        (tmp_path / f"{lang}.txt").write_text("\n".join(lines))
+    out = tmp_path / "llama3-indic"
+    summary = build(TokenizerConfig(output_dir=str(out), train_data=[str(tmp_path / "train")],
+                                    base_tokenizer=str(shared_data / "tokenizers" / "llama3"), vocab_size=4000,
+                                    fertility_text=str(tmp_path / "{lang}.txt"),
+                                    fertility_languages=["hi", "ta", "bn", "en"]))
+    base = bytelevel.from_tiktoken(shared_data / "tokenizers" / "llama3" / "tokenizer.model")
+    extended = AutoTokenizer.from_pretrained(out)
+    vocab = extended.get_vocab()
+    assert all(vocab[t] == i for t, i in base.get_vocab().items())
+    assert vocab["<|begin_of_text|>"] == 128000 and vocab["<|eot_id|>"] == 128009
+    new_ids = [entry["id"] for entry in json.loads((out / "new_tokens.json").read_text())]
+    assert new_ids == list(range(128256, 128256 + len(new_ids))) and len(extended) == 128256 + len(new_ids)
+    for code in FLORES:  # lossless in all twelve languages, the ten it was not trained on included
+        lines = (shared_data / "flores200" / "dev" / f"{code}.dev").read_text().splitlines()
+        encoded = extended(lines, add_special_tokens=False)["input_ids"]
+        assert [extended.decode(ids) for ids in encoded] == lines, code
+    fertility = summary["fertility"]
+    assert fertility["ta"]["extended"]["tokens_per_word"] < 0.5 * fertility["ta"]["base"]["tokens_per_word"]
+    assert fertility["bn"]["extended"]["tokens_per_word"] < 0.6 * fertility["bn"]["base"]["tokens_per_word"]
+    assert fertility["en"]["extended"]["tokens_per_word"] <= 1.01 * fertility["en"]["base"]["tokens_per_word"]

@@ -141,3 +141,35 @@ def _shuffled(tokenizer):
         tokenizer.save_pretrained(tmp)
         Tokenizer.from_str(json.dumps(data)).save(f"{tmp}/tokenizer.json")
         return AutoTokenizer.from_pretrained(tmp)
+
+
+# byte-level BPE (Llama-3, Qwen, GPT style) ---------------------------------------------------------------------
+
+def test_byte_level_bpe_extension_adds_reachable_tokens_and_keeps_base_ids():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from training.tokenizer import bytelevel
+
+    heldout = Path(__file__).resolve().parent.parent / "data" / "sample" / "heldout"
+    english = heldout.joinpath("en.txt").read_text().splitlines()
+    hindi = [line for line in heldout.joinpath("hi.txt").read_text().splitlines() if line.strip()]
+    base = Tokenizer(models.BPE())
+    base.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    base.decoder = decoders.ByteLevel()
+    base.train_from_iterator(english, trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>", "</s>"],
+                                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                          show_progress=False))
+    trained = bytelevel.train(hindi * 3, 300, base)
+    extended, added = bytelevel.extend(base, trained, hindi)
+    assert added and all(extended.get_vocab()[t] >= base.get_vocab_size() for t in added)
+    assert all(extended.get_vocab()[t] == i for t, i in base.get_vocab().items())  # base and special ids stay
+    for line in hindi + english:
+        assert extended.decode(extended.encode(line).ids) == line
+    assert sum(len(extended.encode(line).ids) for line in hindi) < 0.5 * sum(len(base.encode(line).ids) for line in hindi)
+    produced = {extended.id_to_token(i) for line in hindi for i in extended.encode(line).ids}
+    reachable = produced & set(added)
+    for a, b in reversed(json.loads(extended.to_str())["model"]["merges"][-len(added):]):
+        if a + b in reachable:  # the halves a produced token is built from are reached on the way
+            reachable.update({a, b} & set(added))
+    assert reachable == set(added) and len(produced & set(added)) >= 0.8 * len(added)
+    assert [extended.encode(line).ids for line in english] == [base.encode(line).ids for line in english]

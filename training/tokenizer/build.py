@@ -1,7 +1,10 @@
 """Train Indic pieces on a prepared corpus and extend a base tokenizer with them (or build a new one).
 
-The output directory loads with ``AutoTokenizer.from_pretrained``. It also holds the SentencePiece
-``tokenizer.model``, ``new_tokens.json`` (the added pieces and their ids) and ``fertility.json``/``.md``
+Two kinds of base: SentencePiece models (Llama-2, Mistral, Gemma style; ``spm``) and byte-level BPE
+``tokenizer.json`` files or Llama-3 tiktoken files (Llama-3, Qwen, GPT style; ``bytelevel``).
+
+The output directory loads with ``AutoTokenizer.from_pretrained``. It also holds, for a SentencePiece
+base, the merged ``tokenizer.model``, and always ``new_tokens.json`` (the added pieces and their ids) and ``fertility.json``/``.md``
 (tokens per word per language, base vs extended, on held-out text). Before anything is written the
 result is checked: every base id must be unchanged, every checked line must decode back to itself, and
 the Hugging Face tokenizer must produce exactly the SentencePiece model's ids, except where the base
@@ -25,7 +28,7 @@ from data import languages
 from data.io import atomic_directory
 from data.recipe import field, to_dict
 from training.data import load_corpus
-from training.tokenizer import spm
+from training.tokenizer import bytelevel, spm
 from training.tokenizer.fertility import fertility, fertility_table
 
 
@@ -35,7 +38,9 @@ class TokenizerConfig:
     train_data: list[str] = field(help="prepared corpora: prepare_data output dirs, Parquet folders or globs")
     languages: list[str] | None = field(None, help="train only on these languages (default: all in train_data)")
     base_tokenizer: str | None = field(None, help="tokenizer to extend (hub id or folder); none: a new tokenizer")
-    vocab_size: int = field(8000, help="pieces of the SentencePiece model trained on the new text")
+    vocab_size: int = field(
+        8000, help="pieces trained on the new text: the SentencePiece vocabulary, or merges for a byte-level BPE base"
+    )
     model_type: Literal["bpe", "unigram"] = field("bpe", help="must match the base model's type when extending")
     temperature: float = field(1.0, help="language sampling temperature (1: corpus proportions; higher: more even)")
     max_characters: int | None = field(None, help="characters of training text to sample at most")
@@ -102,18 +107,43 @@ def check(tokenizer, proto, lines: list[str], base_quirk_lines: set[int]) -> Non
 
 
 def load_base(name: str, trust_remote_code: bool):
-    """The base tokenizer and its SentencePiece model."""
+    """The base tokenizer and its SentencePiece model (None for a byte-level BPE base)."""
+    path = Path(name)
+    tiktoken_file = path if path.is_file() else path / "tokenizer.model"
+    if tiktoken_file.is_file() and not (path / "tokenizer.json").is_file() and bytelevel.is_tiktoken_file(tiktoken_file):
+        return bytelevel.from_tiktoken(tiktoken_file), None
     base = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     try:
         model_file = cached_file(name, "tokenizer.model")
     except OSError:
         model_file = None
-    if model_file is None:
-        raise ValueError(
-            f"{name} has no SentencePiece tokenizer.model; this build extends SentencePiece tokenizers "
-            "(Llama-2, Mistral, Gemma style)"
-        )
-    return base, spm.load(model_file)
+    if model_file is not None and not bytelevel.is_tiktoken_file(Path(model_file)):
+        return base, spm.load(model_file)
+    if bytelevel.is_byte_level_bpe(base):
+        return base, None
+    raise ValueError(
+        f"{name} ({type(base).__name__}) is neither a SentencePiece tokenizer (tokenizer.model) nor a byte-level "
+        "BPE tokenizer (tokenizer.json, or a tiktoken tokenizer.model); those are the two kinds this extends"
+    )
+
+
+def extend_byte_level(base, lines: list[str], new_pieces: int, check_lines: list[str]):
+    """`base` (a fast byte-level BPE tokenizer) extended with BPE merges trained on `lines`; (tokenizer, added)."""
+    trained = bytelevel.train(lines, new_pieces, base.backend_tokenizer)
+    backend, added = bytelevel.extend(base.backend_tokenizer, trained, lines)
+    with tempfile.TemporaryDirectory() as tmp:
+        base.save_pretrained(tmp)
+        (Path(tmp) / "tokenizer.json").write_text(backend.to_str(), encoding="utf-8")
+        tokenizer = AutoTokenizer.from_pretrained(tmp)
+    vocab = tokenizer.get_vocab()
+    if any(vocab.get(token) != i for token, i in base.get_vocab().items()):
+        raise RuntimeError("the extended tokenizer moved base ids; this is a bug, please report it")
+    encoded = tokenizer(check_lines, add_special_tokens=False)["input_ids"]
+    lossy = [line for line, ids in zip(check_lines, encoded) if tokenizer.decode(ids) != line]
+    if lossy:
+        raise RuntimeError(f"the extended tokenizer does not decode {len(lossy)} of {len(check_lines)} lines back "
+                           f"to themselves; first: {lossy[0][:80]!r}")
+    return tokenizer, added
 
 
 def heldout_texts(pattern: str | None, langs: list[str]) -> dict[str, list[str]]:
@@ -149,15 +179,18 @@ def build(config: TokenizerConfig) -> dict:
     corpus = load_corpus(config.train_data, config.languages)
     lines, taken = spm.sample_lines(corpus["text"], corpus["lang"], config.temperature, config.max_characters,
                                     config.seed)
-    trained = spm.train(lines, config.vocab_size, model_type=config.model_type,
-                        character_coverage=config.character_coverage)
     base, base_proto = load_base(config.base_tokenizer, config.trust_remote_code) if config.base_tokenizer else (None, None)
-    proto, added = spm.merge(base_proto, trained) if base is not None else (trained, [])
-    tokenizer = _hf_tokenizer(proto, config.base_tokenizer, config.trust_remote_code)
-
     heldout = heldout_texts(config.fertility_text, config.fertility_languages or config.languages or sorted(taken))
     check_lines = (lines + [line for texts in heldout.values() for line in texts])[: config.check_lines]
-    quirks = verify(tokenizer, proto, base, base_proto, check_lines, config.base_tokenizer)
+    if base is not None and base_proto is None:
+        tokenizer, added = extend_byte_level(base, lines, config.vocab_size, check_lines)
+        proto, quirks = None, set()
+    else:
+        trained = spm.train(lines, config.vocab_size, model_type=config.model_type,
+                            character_coverage=config.character_coverage)
+        proto, added = spm.merge(base_proto, trained) if base is not None else (trained, [])
+        tokenizer = _hf_tokenizer(proto, config.base_tokenizer, config.trust_remote_code)
+        quirks = verify(tokenizer, proto, base, base_proto, check_lines, config.base_tokenizer)
 
     report = {}
     for code, texts in heldout.items():
@@ -172,12 +205,14 @@ def build(config: TokenizerConfig) -> dict:
         "lines_left_to_base_quirks": len(quirks),
         "fertility": report,
     }
-    offset = len(tokenizer) - len(added)
+    vocab = tokenizer.get_vocab()
+    new_ids = [{"id": vocab[t], "token": t} for t in added]
     with atomic_directory(config.output_dir) as partial:
         tokenizer.save_pretrained(partial)
-        (partial / "tokenizer.model").write_bytes(proto.SerializeToString())
+        if proto is not None:
+            (partial / "tokenizer.model").write_bytes(proto.SerializeToString())
         (partial / "new_tokens.json").write_text(
-            json.dumps([{"id": offset + i, "token": t} for i, t in enumerate(added)], ensure_ascii=False, indent=0)
+            json.dumps(new_ids, ensure_ascii=False, indent=0)
         )
         (partial / "fertility.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
         (partial / "fertility.md").write_text(fertility_table(report) if report else "no fertility_text given\n")

@@ -1,0 +1,112 @@
+"""Extend byte-level BPE tokenizers (Llama-3, Qwen, GPT style) with pieces trained on Indic text.
+
+A token appended to a byte-level BPE vocabulary without the merge that builds it is never produced on
+ordinary text. So a BPE model is trained on the new text with the base's own pre-tokenizer (same
+regex, same byte alphabet), and each of its merges whose result the base lacks is appended to the
+base: the new token gets the next id after every base token and special token, and its merge ranks
+after every base merge, so the base's merges always apply first and the new ones continue from there.
+
+A new merge fires only if the base's merges leave its two halves side by side, which is not always
+so; a new token that no training line produces is dead weight in the embedding matrix. Such tokens,
+and the new tokens built on them, are removed and the check repeated until every new token is used.
+
+Llama-3's ``tokenizer.model`` is a tiktoken file (base64 token, rank); it is converted through
+transformers' ``TikTokenConverter`` with Llama-3's 256 special tokens at ids 128000-128255.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+from tokenizers import Tokenizer, models, trainers
+from tokenizers.pre_tokenizers import ByteLevel
+
+LLAMA3_SPECIAL = [
+    "<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>",
+    "<|finetune_right_pad_id|>", "<|reserved_special_token_2|>", "<|start_header_id|>", "<|end_header_id|>",
+    "<|eom_id|>", "<|eot_id|>", "<|python_tag|>",
+] + [f"<|reserved_special_token_{i}|>" for i in range(3, 248)]
+
+
+def is_tiktoken_file(path: Path) -> bool:
+    """A tiktoken BPE file: lines of "<base64 token> <rank>"."""
+    try:
+        with open(path, "rb") as handle:
+            first = handle.readline().split()
+        return len(first) == 2 and first[1].isdigit() and bool(base64.b64decode(first[0], validate=True))
+    except (OSError, ValueError):
+        return False
+
+
+def from_tiktoken(path: Path):
+    """A fast tokenizer for a Llama-3 tiktoken file, special tokens at the ids Llama-3 gives them."""
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    backend = TikTokenConverter(vocab_file=str(path), extra_special_tokens=LLAMA3_SPECIAL).converted()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|begin_of_text|>",
+                                   eos_token="<|end_of_text|>")
+
+
+def is_byte_level_bpe(tokenizer) -> bool:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return False
+    spec = json.loads(backend.to_str())
+    return spec["model"]["type"] == "BPE" and "ByteLevel" in json.dumps(spec.get("pre_tokenizer"))
+
+
+def train(lines: list[str], new_pieces: int, like: Tokenizer, min_frequency: int = 2) -> Tokenizer:
+    """A byte-level BPE model with `new_pieces` merges, pre-tokenized exactly as `like`."""
+    trained = Tokenizer(models.BPE())
+    trained.pre_tokenizer = like.pre_tokenizer
+    trained.normalizer = like.normalizer
+    trainer = trainers.BpeTrainer(vocab_size=len(ByteLevel.alphabet()) + new_pieces, min_frequency=min_frequency,
+                                  initial_alphabet=ByteLevel.alphabet(), show_progress=False)
+    trained.train_from_iterator(lines, trainer)
+    return trained
+
+
+def _with_merges(spec: dict, new: list[tuple[str, str]]) -> Tokenizer:
+    spec = json.loads(json.dumps(spec))
+    vocab, merges = spec["model"]["vocab"], spec["model"]["merges"]
+    # Special tokens go into the model's vocabulary at their own ids: tokenizers numbers added tokens that
+    # the model lacks after the model's last id, which would move them once the vocabulary grows.
+    for token in spec.get("added_tokens", []):
+        vocab.setdefault(token["content"], token["id"])
+    next_id = max(vocab.values()) + 1
+    for a, b in new:
+        vocab[a + b] = next_id
+        next_id += 1
+        merges.append([a, b])
+    return Tokenizer.from_str(json.dumps(spec))
+
+
+def extend(base: Tokenizer, trained: Tokenizer, lines: list[str]) -> tuple[Tokenizer, list[str]]:
+    """`base` with the merges of `trained` that make tokens it lacks, minus those no line of `lines` uses."""
+    spec = json.loads(base.to_str())
+    known = set(spec["model"]["vocab"])
+    new: list[tuple[str, str]] = []
+    for a, b in (tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in
+                 json.loads(trained.to_str())["model"]["merges"]):
+        if a + b not in known and a in known and b in known:
+            known.add(a + b)
+            new.append((a, b))
+    while True:
+        extended = _with_merges(spec, new)
+        first_new = max([*spec["model"]["vocab"].values(), *(t["id"] for t in spec.get("added_tokens", []))]) + 1
+        used = {i for encoding in extended.encode_batch(lines, add_special_tokens=False) for i in encoding.ids
+                if i >= first_new}
+        vocab = extended.get_vocab()
+        alive = {a + b for a, b in new if vocab[a + b] in used}
+        # a dead token may still be the half of a live one: keep every token a live one is built from
+        needed = set(alive)
+        for a, b in reversed(new):
+            if a + b in needed:
+                needed.update((a, b))
+        kept = [(a, b) for a, b in new if a + b in needed]
+        if len(kept) == len(new):
+            return extended, [a + b for a, b in new]
+        new = kept
