@@ -245,7 +245,11 @@ def test_extend_the_llama3_tiktoken_tokenizer(shared_data, tmp_path):
         lines = (shared_data / "flores200" / "dev" / f"{code}.dev").read_text().splitlines()
         encoded = extended(lines, add_special_tokens=False)["input_ids"]
         assert [extended.decode(ids) for ids in encoded] == lines, code
+    english = (shared_data / "flores200" / "dev" / "eng_Latn.dev").read_text().splitlines()
+    assert extended(english, add_special_tokens=False)["input_ids"] == base(english, add_special_tokens=False)["input_ids"]
     fertility = summary["fertility"]
+    # marks now belong to words, so Hindi words can become single tokens (Llama-3 alone: 2.6 per word)
+    assert fertility["hi"]["extended"]["tokens_per_word"] < 0.8 * fertility["hi"]["base"]["tokens_per_word"]
     assert fertility["ta"]["extended"]["tokens_per_word"] < 0.5 * fertility["ta"]["base"]["tokens_per_word"]
     assert fertility["bn"]["extended"]["tokens_per_word"] < 0.6 * fertility["bn"]["base"]["tokens_per_word"]
     assert fertility["en"]["extended"]["tokens_per_word"] <= 1.01 * fertility["en"]["base"]["tokens_per_word"]

@@ -10,6 +10,12 @@ A new merge fires only if the base's merges leave its two halves side by side, w
 so; a new token that no training line produces is dead weight in the embedding matrix. Such tokens,
 and the new tokens built on them, are removed and the check repeated until every new token is used.
 
+Llama-3's and Qwen's pre-tokenizer regex splits words at letters (``\p{L}+``), and Indic vowel signs,
+viramas and anusvaras are marks (``\p{M}``), so "हिंदी" reaches BPE as four pieces and no merge can ever
+join them: that split alone keeps Llama-3 above 2.5 tokens per Hindi word whatever is added. The
+extended tokenizer's regex counts marks as part of words (``[\p{L}\p{M}]+``); text without combining
+marks, English included, is pre-tokenized exactly as before.
+
 Llama-3's ``tokenizer.model`` is a tiktoken file (base64 token, rank); it is converted through
 transformers' ``TikTokenConverter`` with Llama-3's 256 special tokens at ids 128000-128255.
 """
@@ -58,10 +64,34 @@ def is_byte_level_bpe(tokenizer) -> bool:
     return spec["model"]["type"] == "BPE" and "ByteLevel" in json.dumps(spec.get("pre_tokenizer"))
 
 
+def keep_marks(pattern: str) -> str:
+    r"""A pre-tokenizer regex in which combining marks belong to words: ``\p{L}+`` -> ``[\p{L}\p{M}]+`` and
+    ``\p{L}`` inside a class gains ``\p{M}`` (so ``[^\s\p{L}\p{N}]`` no longer treats a matra as punctuation)."""
+    pattern = pattern.replace(r"\p{L}+", r"[\p{L}]+").replace(r"\p{L}", r"\p{L}\p{M}")
+    return pattern.replace(r"\p{M}\p{M}", r"\p{M}")
+
+
+def _marks_in_words(pre_tokenizer: dict | None) -> dict | None:
+    """The pre-tokenizer spec with `keep_marks` applied to every Split regex."""
+    if pre_tokenizer is None:
+        return None
+    spec = json.loads(json.dumps(pre_tokenizer))
+    for step in spec.get("pretokenizers", [spec]):
+        if step.get("type") == "Split" and "Regex" in step.get("pattern", {}):
+            step["pattern"]["Regex"] = keep_marks(step["pattern"]["Regex"])
+    return spec
+
+
+def with_marks_in_words(tokenizer: Tokenizer) -> Tokenizer:
+    spec = json.loads(tokenizer.to_str())
+    spec["pre_tokenizer"] = _marks_in_words(spec.get("pre_tokenizer"))
+    return Tokenizer.from_str(json.dumps(spec))
+
+
 def train(lines: list[str], new_pieces: int, like: Tokenizer, min_frequency: int = 2) -> Tokenizer:
-    """A byte-level BPE model with `new_pieces` merges, pre-tokenized exactly as `like`."""
+    """A byte-level BPE model with `new_pieces` merges, pre-tokenized as `like` with marks kept in words."""
     trained = Tokenizer(models.BPE())
-    trained.pre_tokenizer = like.pre_tokenizer
+    trained.pre_tokenizer = with_marks_in_words(like).pre_tokenizer
     trained.normalizer = like.normalizer
     trainer = trainers.BpeTrainer(vocab_size=len(ByteLevel.alphabet()) + new_pieces, min_frequency=min_frequency,
                                   initial_alphabet=ByteLevel.alphabet(), show_progress=False)
@@ -78,35 +108,59 @@ def _with_merges(spec: dict, new: list[tuple[str, str]]) -> Tokenizer:
         vocab.setdefault(token["content"], token["id"])
     next_id = max(vocab.values()) + 1
     for a, b in new:
-        vocab[a + b] = next_id
-        next_id += 1
+        if a + b not in vocab:
+            vocab[a + b] = next_id
+            next_id += 1
         merges.append([a, b])
     return Tokenizer.from_str(json.dumps(spec))
 
 
+def _pairs(merges: list) -> list[tuple[str, str]]:
+    return [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in merges]
+
+
+def _bpe(token: str, ranks: dict[tuple[str, str], int]) -> list[str]:
+    """The pieces BPE makes of `token` (a string of byte symbols) with the merges in `ranks`."""
+    pieces = list(token)
+    while len(pieces) > 1:
+        best = min(range(len(pieces) - 1), key=lambda i: ranks.get((pieces[i], pieces[i + 1]), 1 << 62))
+        if (pieces[best], pieces[best + 1]) not in ranks:
+            break
+        pieces[best : best + 2] = [pieces[best] + pieces[best + 1]]
+    return pieces
+
+
 def extend(base: Tokenizer, trained: Tokenizer, lines: list[str]) -> tuple[Tokenizer, list[str]]:
-    """`base` with the merges of `trained` that make tokens it lacks, minus those no line of `lines` uses."""
+    """`base` with the tokens `trained` makes that it lacks, each with merges that build it from what the
+    base's own merges leave of it; minus those no line of `lines` uses. Returns the tokenizer and new tokens."""
     spec = json.loads(base.to_str())
+    spec["pre_tokenizer"] = _marks_in_words(spec.get("pre_tokenizer"))
     known = set(spec["model"]["vocab"])
+    ranks = {pair: rank for rank, pair in enumerate(_pairs(spec["model"]["merges"]))}
     new: list[tuple[str, str]] = []
-    for a, b in (tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in
-                 json.loads(trained.to_str())["model"]["merges"]):
-        if a + b not in known and a in known and b in known:
-            known.add(a + b)
-            new.append((a, b))
+    for a, b in _pairs(json.loads(trained.to_str())["model"]["merges"]):
+        if a + b in known:
+            continue
+        # the base's merges may cut the token differently from the trained model: join what they leave
+        pieces = _bpe(a + b, ranks)
+        built = pieces[0]
+        for piece in pieces[1:]:
+            ranks[(built, piece)] = len(ranks)
+            new.append((built, piece))
+            built += piece
+            known.add(built)
+    base_size = max([*spec["model"]["vocab"].values(), *(t["id"] for t in spec.get("added_tokens", []))]) + 1
     while True:
         extended = _with_merges(spec, new)
-        first_new = max([*spec["model"]["vocab"].values(), *(t["id"] for t in spec.get("added_tokens", []))]) + 1
         used = {i for encoding in extended.encode_batch(lines, add_special_tokens=False) for i in encoding.ids
-                if i >= first_new}
+                if i >= base_size}
         vocab = extended.get_vocab()
-        alive = {a + b for a, b in new if vocab[a + b] in used}
-        # a dead token may still be the half of a live one: keep every token a live one is built from
-        needed = set(alive)
+        # a token no line produces may still be the half of one that is produced: keep what live tokens need
+        needed = {a + b for a, b in new if vocab[a + b] in used}
         for a, b in reversed(new):
             if a + b in needed:
                 needed.update((a, b))
         kept = [(a, b) for a, b in new if a + b in needed]
         if len(kept) == len(new):
-            return extended, [a + b for a, b in new]
+            return extended, [token for token, i in sorted(vocab.items(), key=lambda kv: kv[1]) if i >= base_size]
         new = kept
