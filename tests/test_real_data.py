@@ -90,6 +90,12 @@ def test_extend_the_llama2_tokenizer_with_hindi_and_tamil(shared_data, tmp_path,
     assert fertility["en"]["extended"]["tokens_per_word"] <= 1.01 * fertility["en"]["base"]["tokens_per_word"]
     extended = AutoTokenizer.from_pretrained(tmp_path / "extended")
     assert len(extended) == 32000 + summary["added_tokens"]
+    llama2 = AutoTokenizer.from_pretrained(base)
+    for code in FLORES:  # as lossless as Llama-2 itself in all twelve languages (it drops leading spaces, and more)
+        lines = (shared_data / "flores200" / "dev" / f"{code}.dev").read_text().splitlines()
+        ours = [extended.decode(ids) for ids in extended(lines, add_special_tokens=False)["input_ids"]]
+        theirs = [llama2.decode(ids) for ids in llama2(lines, add_special_tokens=False)["input_ids"]]
+        assert ours == theirs, code
     assert extended.convert_tokens_to_ids("▁the") == AutoTokenizer.from_pretrained(base).convert_tokens_to_ids("▁the")
 
 

@@ -1,6 +1,7 @@
 """Tokenizer training, extension, fertility and the initialisation of new embedding rows."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,28 @@ def test_byte_level_bpe_extension_adds_reachable_tokens_and_keeps_base_ids():
             reachable.update({a, b} & set(added))
     assert reachable == set(added) and len(produced & set(added)) >= 0.8 * len(added)
     assert [extended.encode(line).ids for line in english] == [base.encode(line).ids for line in english]
+
+
+@pytest.mark.slow
+def test_new_rows_are_the_same_when_the_model_is_sharded_by_zero3(base_tokenizer_dir, extended_tokenizer_dir, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    tiny_llama(len(AutoTokenizer.from_pretrained(base_tokenizer_dir))).save_pretrained(tmp_path / "model")
+    results = {}
+    for zero3 in ("0", "1"):
+        with socket.socket() as probe:  # a free port for the single-rank gloo group
+            probe.bind(("127.0.0.1", 0))
+            port = str(probe.getsockname()[1])
+        done = subprocess.run([sys.executable, "tests/zero3_resize.py", str(tmp_path / "model"), str(base_tokenizer_dir),
+                               str(extended_tokenizer_dir), port, zero3], capture_output=True, text=True,
+                              env={**os.environ, "DS_ACCELERATOR": "cpu"})
+        line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+        assert line, done.stderr[-3000:]
+        results[zero3] = json.loads(line[len("RESULT "):])
+    assert results["1"]["partitioned"] and not results["0"]["partitioned"]
+    assert results["0"]["new_ids"] == results["1"]["new_ids"] and results["0"]["new_ids"]
+    for layer in ("input", "output"):
+        plain, sharded = torch.tensor(results["0"][layer]), torch.tensor(results["1"][layer])
+        assert plain.shape == sharded.shape and torch.equal(plain, sharded)
