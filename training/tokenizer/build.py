@@ -52,6 +52,10 @@ class TokenizerConfig:
     fertility_languages: list[str] | None = field(None, help="languages to report (default: languages)")
     trust_remote_code: bool = field(False, help="allow custom tokenizer code from the base tokenizer's repository")
     check_lines: int = field(2000, help="lines on which the result must match SentencePiece and round-trip")
+    holdout_fraction: float = field(
+        0.1, help="byte-level BPE: share of the sampled lines set aside; a new token this text never produces "
+        "(and no produced token is built from) is dropped"
+    )
 
 
 def _heldout_path(pattern: str, code: str) -> Path:
@@ -127,10 +131,17 @@ def load_base(name: str, trust_remote_code: bool):
     )
 
 
-def extend_byte_level(base, lines: list[str], new_pieces: int, check_lines: list[str]):
-    """`base` (a fast byte-level BPE tokenizer) extended with BPE merges trained on `lines`; (tokenizer, added)."""
-    trained = bytelevel.train(lines, new_pieces, base.backend_tokenizer)
-    backend, added = bytelevel.extend(base.backend_tokenizer, trained, lines)
+def extend_byte_level(base, lines: list[str], new_pieces: int, check_lines: list[str], holdout_fraction: float):
+    """`base` (a fast byte-level BPE tokenizer) extended with BPE merges trained on `lines`; (tokenizer, added).
+
+    Every `1 / holdout_fraction`-th line is set aside: the merges are trained on the others, and a new
+    token must be produced on the set-aside lines to stay, so none is dead weight on unseen text.
+    """
+    step = max(2, round(1 / holdout_fraction)) if holdout_fraction > 0 else 0
+    train_lines = [line for i, line in enumerate(lines) if not step or i % step]
+    aside = [line for i, line in enumerate(lines) if step and i % step == 0] or lines
+    trained = bytelevel.train(train_lines, new_pieces, base.backend_tokenizer)
+    backend, added = bytelevel.extend(base.backend_tokenizer, trained, aside)
     with tempfile.TemporaryDirectory() as tmp:
         base.save_pretrained(tmp)
         (Path(tmp) / "tokenizer.json").write_text(backend.to_str(), encoding="utf-8")
@@ -183,7 +194,7 @@ def build(config: TokenizerConfig) -> dict:
     heldout = heldout_texts(config.fertility_text, config.fertility_languages or config.languages or sorted(taken))
     check_lines = (lines + [line for texts in heldout.values() for line in texts])[: config.check_lines]
     if base is not None and base_proto is None:
-        tokenizer, added = extend_byte_level(base, lines, config.vocab_size, check_lines)
+        tokenizer, added = extend_byte_level(base, lines, config.vocab_size, check_lines, config.holdout_fraction)
         proto, quirks = None, set()
     else:
         trained = spm.train(lines, config.vocab_size, model_type=config.model_type,
