@@ -259,3 +259,14 @@ def test_extend_the_llama3_tiktoken_tokenizer(shared_data, tmp_path):
     assert fertility["ta"]["extended"]["tokens_per_word"] < 0.5 * fertility["ta"]["base"]["tokens_per_word"]
     assert fertility["bn"]["extended"]["tokens_per_word"] < 0.6 * fertility["bn"]["base"]["tokens_per_word"]
     assert fertility["en"]["extended"]["tokens_per_word"] <= 1.01 * fertility["en"]["base"]["tokens_per_word"]
+    # a target per language: each gets a model of its own, and their merges take turns
+    per_language = build(TokenizerConfig(output_dir=str(tmp_path / "per-language"), train_data=[str(tmp_path / "train")],
+                                         base_tokenizer=str(shared_data / "tokenizers" / "llama3"),
+                                         pieces_per_language={"ta": 1500, "bn": 1500}))
+    tokens = json.loads((tmp_path / "per-language" / "new_tokens.json").read_text())
+    split = AutoTokenizer.from_pretrained(tmp_path / "per-language")
+    texts = [split.convert_tokens_to_string([entry["token"]]) for entry in tokens]
+    tamil = sum(any("\u0b80" <= c <= "\u0bff" for c in t) for t in texts)
+    bengali = sum(any("\u0980" <= c <= "\u09ff" for c in t) for t in texts)
+    assert per_language["added_tokens"] == len(tokens) and tamil > 500 and bengali > 500
+    assert not any("\u0900" <= c <= "\u097f" for t in texts for c in t)  # no Hindi asked for, none added

@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from data import languages
 from training.tokenizer import spm
 from training.tokenizer.embeddings import base_pieces, resize_for_tokenizer
 from training.tokenizer.fertility import fertility
@@ -199,3 +200,24 @@ def test_new_rows_are_the_same_when_the_model_is_sharded_by_zero3(base_tokenizer
     for layer in ("input", "output"):
         plain, sharded = torch.tensor(results["0"][layer]), torch.tensor(results["1"][layer])
         assert plain.shape == sharded.shape and torch.equal(plain, sharded)
+
+
+def test_pieces_per_language_trains_each_language_its_own_pieces(prepared_sample, base_tokenizer_dir, tmp_path):
+    from training.tokenizer.build import TokenizerConfig, build
+
+    summary = build(TokenizerConfig(output_dir=str(tmp_path / "tok"), train_data=[str(prepared_sample[0])],
+                                    base_tokenizer=str(base_tokenizer_dir), pieces_per_language={"hi": 500, "tam_Taml": 500}))
+    added = [entry["token"] for entry in json.loads((tmp_path / "tok" / "new_tokens.json").read_text())]
+    scripts = {"Deva": 0, "Taml": 0}
+    for token in added:
+        script = next((s for s in scripts if any(languages.SCRIPTS[s].contains(c) for c in token)), None)
+        if script:
+            scripts[script] += 1
+    assert summary["added_tokens"] == len(added) and scripts["Deva"] > 100 and scripts["Taml"] > 100
+    assert not any(languages.SCRIPTS["Beng"].contains(c) for token in added for c in token)  # no Bengali asked for
+
+
+def test_byte_level_pieces_per_language_take_turns():
+    from training.tokenizer import bytelevel
+
+    assert bytelevel.interleave([[("a", "b"), ("ab", "c")], [("x", "y")]]) == [("a", "b"), ("x", "y"), ("ab", "c")]

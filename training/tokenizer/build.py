@@ -52,6 +52,9 @@ class TokenizerConfig:
     fertility_languages: list[str] | None = field(None, help="languages to report (default: languages)")
     trust_remote_code: bool = field(False, help="allow custom tokenizer code from the base tokenizer's repository")
     check_lines: int = field(2000, help="lines on which the result must match SentencePiece and round-trip")
+    pieces_per_language: dict[str, int] | None = field(
+        None, help="train this many pieces for each language on its own text (instead of vocab_size over all)"
+    )
     holdout_fraction: float = field(
         0.1, help="byte-level BPE: share of the sampled lines set aside; a new token this text never produces "
         "(and no produced token is built from) is dropped"
@@ -131,17 +134,33 @@ def load_base(name: str, trust_remote_code: bool):
     )
 
 
-def extend_byte_level(base, lines: list[str], new_pieces: int, check_lines: list[str], holdout_fraction: float):
+def _set_aside(lines: list[str], holdout_fraction: float) -> tuple[list[str], list[str]]:
+    """(lines to train on, every `1 / holdout_fraction`-th line set aside); nothing set aside at 0."""
+    step = max(2, round(1 / holdout_fraction)) if holdout_fraction > 0 else 0
+    return [line for i, line in enumerate(lines) if not step or i % step], [
+        line for i, line in enumerate(lines) if step and i % step == 0] or lines
+
+
+def extend_byte_level(base, lines: list[str] | dict[str, list[str]], new_pieces: int | dict[str, int],
+                      check_lines: list[str], holdout_fraction: float):
     """`base` (a fast byte-level BPE tokenizer) extended with BPE merges trained on `lines`; (tokenizer, added).
 
     Every `1 / holdout_fraction`-th line is set aside: the merges are trained on the others, and a new
     token must be produced on the set-aside lines to stay, so none is dead weight on unseen text.
+    With ``lines`` and ``new_pieces`` given per language, each language gets a model of its own with its
+    number of pieces, and their merges are taken in turn.
     """
-    step = max(2, round(1 / holdout_fraction)) if holdout_fraction > 0 else 0
-    train_lines = [line for i, line in enumerate(lines) if not step or i % step]
-    aside = [line for i, line in enumerate(lines) if step and i % step == 0] or lines
-    trained = bytelevel.train(train_lines, new_pieces, base.backend_tokenizer)
-    backend, added = bytelevel.extend(base.backend_tokenizer, trained, aside)
+    if isinstance(lines, dict):
+        split = {lang: _set_aside(lines[lang], holdout_fraction) for lang in new_pieces}
+        merges = bytelevel.interleave([
+            bytelevel.merges_of(bytelevel.train(split[lang][0], n, base.backend_tokenizer))
+            for lang, n in new_pieces.items()
+        ])
+        aside = [line for lang in new_pieces for line in split[lang][1]]
+    else:
+        train_lines, aside = _set_aside(lines, holdout_fraction)
+        merges = bytelevel.train(train_lines, new_pieces, base.backend_tokenizer)
+    backend, added = bytelevel.extend(base.backend_tokenizer, merges, aside)
     with tempfile.TemporaryDirectory() as tmp:
         base.save_pretrained(tmp)
         (Path(tmp) / "tokenizer.json").write_text(backend.to_str(), encoding="utf-8")
@@ -186,6 +205,17 @@ def verify(tokenizer, proto, base, base_proto, lines: list[str], base_name: str 
     return quirks
 
 
+def _lines_per_language(corpus, targets: dict[str, int]) -> dict[str, list[str]]:
+    texts: dict[str, list[str]] = {lang: [] for lang in targets}
+    for text, lang in zip(corpus["text"], corpus["lang"]):
+        if lang in texts:
+            texts[lang].extend(line for line in text.split("\n") if line.strip())
+    empty = [lang for lang, lines in texts.items() if not lines]
+    if empty:
+        raise ValueError(f"pieces_per_language names {', '.join(empty)}, but train_data has no text in it")
+    return texts
+
+
 def build(config: TokenizerConfig) -> dict:
     corpus = load_corpus(config.train_data, config.languages)
     lines, taken = spm.sample_lines(corpus["text"], corpus["lang"], config.temperature, config.max_characters,
@@ -193,13 +223,26 @@ def build(config: TokenizerConfig) -> dict:
     base, base_proto = load_base(config.base_tokenizer, config.trust_remote_code) if config.base_tokenizer else (None, None)
     heldout = heldout_texts(config.fertility_text, config.fertility_languages or config.languages or sorted(taken))
     check_lines = (lines + [line for texts in heldout.values() for line in texts])[: config.check_lines]
+    targets = {languages.get(k).code: n for k, n in (config.pieces_per_language or {}).items()}
+    per_language = _lines_per_language(corpus, targets) if targets else None
     if base is not None and base_proto is None:
-        tokenizer, added = extend_byte_level(base, lines, config.vocab_size, check_lines, config.holdout_fraction)
+        tokenizer, added = extend_byte_level(base, per_language or lines, targets or config.vocab_size,
+                                             check_lines, config.holdout_fraction)
         proto, quirks = None, set()
     else:
-        trained = spm.train(lines, config.vocab_size, model_type=config.model_type,
-                            character_coverage=config.character_coverage)
-        proto, added = spm.merge(base_proto, trained) if base is not None else (trained, [])
+        if per_language:  # one model per language, merged in turn (languages rarely share pieces)
+            if base is None:
+                raise ValueError("pieces_per_language needs a base_tokenizer to extend; use vocab_size for a new one")
+            proto, added = base_proto, []
+            for lang, n in targets.items():
+                trained = spm.train(per_language[lang], n, model_type=config.model_type,
+                                    character_coverage=config.character_coverage)
+                proto, more = spm.merge(proto, trained)
+                added += more
+        else:
+            trained = spm.train(lines, config.vocab_size, model_type=config.model_type,
+                                character_coverage=config.character_coverage)
+            proto, added = spm.merge(base_proto, trained) if base is not None else (trained, [])
         tokenizer = _hf_tokenizer(proto, config.base_tokenizer, config.trust_remote_code)
         quirks = verify(tokenizer, proto, base, base_proto, check_lines, config.base_tokenizer)
 

@@ -130,15 +130,26 @@ def _bpe(token: str, ranks: dict[tuple[str, str], int]) -> list[str]:
     return pieces
 
 
-def extend(base: Tokenizer, trained: Tokenizer, lines: list[str]) -> tuple[Tokenizer, list[str]]:
-    """`base` with the tokens `trained` makes that it lacks, each with merges that build it from what the
-    base's own merges leave of it; minus those no line of `lines` uses. Returns the tokenizer and new tokens."""
+def merges_of(trained: Tokenizer) -> list[tuple[str, str]]:
+    return _pairs(json.loads(trained.to_str())["model"]["merges"])
+
+
+def interleave(merge_lists: list[list[tuple[str, str]]]) -> list[tuple[str, str]]:
+    """Merges of several models in one order: each model's first, then each one's second, and so on."""
+    longest = max(map(len, merge_lists), default=0)
+    return [merges[i] for i in range(longest) for merges in merge_lists if i < len(merges)]
+
+
+def extend(base: Tokenizer, trained: Tokenizer | list[tuple[str, str]], lines: list[str]) -> tuple[Tokenizer, list[str]]:
+    """`base` with the tokens `trained` (a model, or its merges) makes that it lacks, each with merges that
+    build it from what the base's own merges leave of it; minus those no line of `lines` uses. Returns the
+    tokenizer and the new tokens."""
     spec = json.loads(base.to_str())
     spec["pre_tokenizer"] = _marks_in_words(spec.get("pre_tokenizer"))
     known = set(spec["model"]["vocab"])
     ranks = {pair: rank for rank, pair in enumerate(_pairs(spec["model"]["merges"]))}
     new: list[tuple[str, str]] = []
-    for a, b in _pairs(json.loads(trained.to_str())["model"]["merges"]):
+    for a, b in trained if isinstance(trained, list) else merges_of(trained):
         if a + b in known:
             continue
         # the base's merges may cut the token differently from the trained model: join what they leave
