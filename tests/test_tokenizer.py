@@ -221,3 +221,15 @@ def test_byte_level_pieces_per_language_take_turns():
     from training.tokenizer import bytelevel
 
     assert bytelevel.interleave([[("a", "b"), ("ab", "c")], [("x", "y")]]) == [("a", "b"), ("x", "y"), ("ab", "c")]
+
+
+def test_plain_text_files_can_be_the_training_text(base_tokenizer_dir, tmp_path):
+    from training.tokenizer.build import TokenizerConfig, build
+
+    heldout = Path(__file__).resolve().parent.parent / "data" / "sample" / "heldout"
+    summary = build(TokenizerConfig(output_dir=str(tmp_path / "tok"), base_tokenizer=str(base_tokenizer_dir),
+                                    train_text={"hi": str(heldout / "hi.txt"), "ta": str(heldout / "ta.txt")},
+                                    vocab_size=700))
+    assert summary["added_tokens"] > 100 and set(summary["training_characters"]) == {"hi", "ta"}
+    with pytest.raises(ValueError, match="nothing to train on"):
+        build(TokenizerConfig(output_dir=str(tmp_path / "none")))

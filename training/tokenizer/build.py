@@ -13,6 +13,7 @@ tokenizer itself departs from its own SentencePiece model (see ``base_quirks``).
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -35,7 +36,12 @@ from training.tokenizer.fertility import fertility, fertility_table
 @dataclass
 class TokenizerConfig:
     output_dir: str = field(help="where the tokenizer is written (replaced as a whole)")
-    train_data: list[str] = field(help="prepared corpora: prepare_data output dirs, Parquet folders or globs")
+    train_data: list[str] = field(
+        default_factory=list, help="prepared corpora: prepare_data output dirs, Parquet folders or globs"
+    )
+    train_text: dict[str, str] = field(
+        default_factory=dict, help="plain-text files by language, {lang: file or glob}: one line per text"
+    )
     languages: list[str] | None = field(None, help="train only on these languages (default: all in train_data)")
     base_tokenizer: str | None = field(None, help="tokenizer to extend (hub id or folder); none: a new tokenizer")
     vocab_size: int = field(
@@ -205,6 +211,26 @@ def verify(tokenizer, proto, base, base_proto, lines: list[str], base_name: str 
     return quirks
 
 
+def training_text(config: TokenizerConfig) -> dict[str, list[str]]:
+    """{"text": [...], "lang": [...]} from the prepared corpora and the plain-text files of the recipe."""
+    if not config.train_data and not config.train_text:
+        raise ValueError("nothing to train on: set train_data (prepared corpora) or train_text (text files by language)")
+    texts: list[str] = []
+    langs: list[str] = []
+    if config.train_data:
+        corpus = load_corpus(config.train_data, config.languages)
+        texts, langs = corpus["text"], corpus["lang"]
+    for lang, pattern in config.train_text.items():
+        code = languages.get(lang).code
+        files = sorted(glob.glob(os.path.expandvars(pattern), recursive=True))
+        if not files:
+            raise FileNotFoundError(f"train_text for {lang}: no file matches {pattern!r}")
+        for file in files:
+            lines = [line for line in Path(file).read_text(encoding="utf-8").splitlines() if line.strip()]
+            texts, langs = [*texts, *lines], [*langs, *[code] * len(lines)]
+    return {"text": texts, "lang": langs}
+
+
 def _lines_per_language(corpus, targets: dict[str, int]) -> dict[str, list[str]]:
     texts: dict[str, list[str]] = {lang: [] for lang in targets}
     for text, lang in zip(corpus["text"], corpus["lang"]):
@@ -217,7 +243,7 @@ def _lines_per_language(corpus, targets: dict[str, int]) -> dict[str, list[str]]
 
 
 def build(config: TokenizerConfig) -> dict:
-    corpus = load_corpus(config.train_data, config.languages)
+    corpus = training_text(config)
     lines, taken = spm.sample_lines(corpus["text"], corpus["lang"], config.temperature, config.max_characters,
                                     config.seed)
     base, base_proto = load_base(config.base_tokenizer, config.trust_remote_code) if config.base_tokenizer else (None, None)

@@ -1,4 +1,4 @@
-"""Extend byte-level BPE tokenizers (Llama-3, Qwen, GPT style) with pieces trained on Indic text.
+r"""Extend byte-level BPE tokenizers (Llama-3, Qwen, GPT style) with pieces trained on Indic text.
 
 A token appended to a byte-level BPE vocabulary without the merge that builds it is never produced on
 ordinary text. So a BPE model is trained on the new text with the base's own pre-tokenizer (same
