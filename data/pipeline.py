@@ -199,10 +199,6 @@ def _run_in_worker(batch: list[Record]) -> tuple[list[Record], list[Record]]:
 def ordered_map(fn: Callable, items: Iterable, num_proc: int, initializer: Callable, initargs: tuple) -> Iterator:
     """fn over items in `num_proc` processes, results in input order, at most 2 x num_proc items in flight
     (``Pool.imap`` would read the whole input ahead)."""
-    if num_proc <= 1:
-        initializer(*initargs)
-        yield from map(fn, items)
-        return
     context = multiprocessing.get_context("spawn")  # no fork of a parent holding threads or big indexes
     with ProcessPoolExecutor(num_proc, mp_context=context, initializer=initializer, initargs=initargs) as pool:
         pending: deque = deque()
@@ -252,8 +248,11 @@ def run(config: PrepareConfig) -> dict[str, Any]:
                     tally.count_input(name, len(batch))
                     yield batch
 
-            for kept, rejected in ordered_map(_run_in_worker, counted(), config.num_proc, _start_worker,
-                                              (config.stages,)):
+            if config.num_proc > 1:
+                results = ordered_map(_run_in_worker, counted(), config.num_proc, _start_worker, (config.stages,))
+            else:
+                results = (run_stages(record_stages, batch) for batch in counted())
+            for kept, rejected in results:
                 tally.reject(rejected)
                 rejected_writer.write(rejected)
                 survivor_writer.write(kept)

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pieces", type=int, default=32000)
     parser.add_argument("--temperature", type=float, default=2.0)
     args = parser.parse_args(argv)
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
     from transformers import LlamaTokenizer
 
     shared = Path(args.shared)

@@ -330,3 +330,11 @@ def test_decontaminate_drops_documents_sharing_13_grams_with_eval_sets(tmp_path)
     question = record("पहेली: गंगा नदी कहाँ से निकलती है और किन राज्यों से होकर बहती है? उत्तर कल मिलेगा")
     assert stage.process(question) == "eval_overlap" and question["eval_overlap"].endswith("qa.jsonl")
     assert stage.process(record("बहुत छोटा सा वाक्य जो किसी परीक्षा में नहीं है और कहीं से लिया नहीं गया")) is None
+
+
+def test_a_broken_evaluation_file_names_its_line(tmp_path):
+    from data.stages.decontaminate import Decontaminate, DecontaminateConfig
+
+    (tmp_path / "eval.jsonl").write_text('{"q": "ठीक"}\n{"q": \n')
+    with pytest.raises(ValueError, match=r"eval\.jsonl line 2 is not JSON"):
+        Decontaminate(DecontaminateConfig(paths=[str(tmp_path / "eval.jsonl")]))

@@ -36,8 +36,6 @@ class Stage:
 
 
 class CorpusStage(Stage):
-    kinds = ("web", "ocr", "asr")
-
     def observe(self, record: Record) -> None:
         raise NotImplementedError
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from typing import Literal
 
 import pyarrow as pa
 import regex
@@ -74,7 +75,7 @@ class AsrConfig:
     max_compression_ratio: float = field(
         2.4, help="drop a paragraph of 60+ characters whose script-folded compression ratio is above this"
     )
-    punctuation: str = field("keep", help="keep | strip: strip for ASR-style references (no punctuation)")
+    punctuation: Literal["keep", "strip"] = field("keep", help="strip for ASR-style references (no punctuation)")
     chars_per_second: list[float] = field(
         default_factory=lambda: [1.0, 30.0], help="[min, max] characters per second where a segment has timings"
     )

@@ -37,8 +37,14 @@ class DecontaminateConfig:
 def _segments(path: Path) -> list[str]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return [v for row in rows for v in _strings(row)]
+        strings = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            try:
+                strings += _strings(json.loads(line)) if line.strip() else []
+            except json.JSONDecodeError as err:
+                raise ValueError(f"decontaminate: {path} line {number} is not JSON ({err.msg}); "
+                                 "evaluation .jsonl files need one JSON object per line") from err
+        return strings
     if suffix == ".parquet":
         table = pq.read_table(path)
         return [v for name in table.column_names if pa.types.is_string(table.schema.field(name).type)

@@ -106,9 +106,11 @@ class Dedup(CorpusStage):
         self.cursor = 0
         self.representative_ids: dict[int, str] = {}
 
-    def signature(self, content: str) -> np.ndarray:
-        """MinHash signature: per permutation, the least of (a*x + b) mod 2^64, top 32 bits, over the shingles."""
-        shingles = text.ngram_hashes(text.word_hashes(text.words(text.key_words_text(content))), self.config.ngram)
+    def signature(self, content: str, folded: str | None = None) -> np.ndarray:
+        """MinHash signature: per permutation, the least of (a*x + b) mod 2^64, top 32 bits, over the shingles.
+        `folded` is ``text.key_words_text(content)`` when the caller has it already."""
+        folded = text.key_words_text(content) if folded is None else folded
+        shingles = text.ngram_hashes(text.word_hashes(text.words(folded)), self.config.ngram)
         least = np.full(self.config.num_perm, np.iinfo(np.uint64).max, dtype=np.uint64)
         with np.errstate(over="ignore"):
             for start in range(0, len(shingles), 4096):  # bounded memory for book-length texts
@@ -132,7 +134,8 @@ class Dedup(CorpusStage):
         index = self.observed
         self.observed += 1
         self.parent.append(index)
-        key = xxhash.xxh3_128_hexdigest(text.comparison_key(record["text"]).encode())
+        folded = text.key_words_text(record["text"])
+        key = xxhash.xxh3_128_hexdigest(" ".join(folded.split()).encode())  # text.comparison_key, from `folded`
         if self.config.exact:
             first = self.first_with_hash.setdefault(key, index)
             if first != index:
@@ -142,7 +145,7 @@ class Dedup(CorpusStage):
         if not self.config.near:
             self.signatures.append(np.zeros(0, dtype=np.uint32))
             return
-        signature = self.signature(record["text"])
+        signature = self.signature(record["text"], folded)
         self.signatures.append(signature)
         needed = self.config.threshold * self.config.num_perm
         for band, bucket in enumerate(self.buckets):

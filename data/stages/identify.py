@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Literal
 
 import pyarrow as pa
 import regex
@@ -103,7 +104,7 @@ class IdentifyConfig:
         None, help="a GlotLID or IndicLID fastText .bin (labels like __label__hin_Deva); None: langid.py"
     )
     min_lang_score: float = field(0.0, help="reject a guessed language below this probability (FineWeb-2 hi: 0.69)")
-    romanized: str = field("keep", help="keep | drop: Indic text in Latin letters")
+    romanized: Literal["keep", "drop"] = field("keep", help="keep or drop Indic text in Latin letters")
     min_romanized_score: float = field(0.12, help="share of romanized Hindi function words that flags a Latin text")
     code_mixed_latin_words: float = field(0.15, help="share of Latin-script words from which an Indic text is code-mixed")
 
@@ -119,8 +120,6 @@ class Identify(Stage):
     }
 
     def __init__(self, config: IdentifyConfig):
-        if config.romanized not in ("keep", "drop"):
-            raise ValueError(f"identify.romanized must be keep or drop, not {config.romanized!r}")
         self.config = config
 
     def _guess(self, content: str, script: str) -> tuple[str | None, float]:

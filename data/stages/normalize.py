@@ -32,20 +32,22 @@ _INDIC = "\u0900-\u0dff"
 # A colon between two Indic letters (not digits: "१०:३०" is a time) is a visarga slip; any other is a colon.
 _INDIC_LETTER = rf"(?!\p{{Nd}})[{_INDIC}]"
 _COLON_TO_SHIELD = regex.compile(rf"(?<!{_INDIC_LETTER}):|:(?!{_INDIC_LETTER})")
-_SHIELDS = {"\u200c": "\ue000", "\u200d": "\ue001", ":": "\ue002", "|": "\ue003"}
+# Shields are Unicode noncharacters (U+FDD0-FDEF, for a program's internal use); input holding any loses them
+# with the control characters, so unshielding never turns an input character into something else.
+_SHIELDS = {"\u200c": "\ufdd0", "\u200d": "\ufdd1", ":": "\ufdd2", "|": "\ufdd3"}
 # What indic-nlp-library rewrites and we keep: typographic punctuation it folds to ASCII (curly quotes,
 # dashes, ellipsis; the punctuation policy decides), Malayalam's au length mark (ൗ, the modern form FLORES
 # and current text use), which it turns into the two-part ൌ, and Odia's ଵ (va), which it respells as ବ (ba).
 _TYPOGRAPHIC = "\u2018\u2019\u201c\u201d\u2013\u2014\u2026"
 _KEPT = _TYPOGRAPHIC + "\u0d57\u0b35"
-_SHIELDS.update({c: chr(0xE010 + i) for i, c in enumerate(_KEPT)})
+_SHIELDS.update({c: chr(0xFDE0 + i) for i, c in enumerate(_KEPT)})
 _SHIELD_KEPT = regex.compile(f"[{_KEPT}\u200c\u200d]")
-_UNSHIELD_ALL = regex.compile("[\ue000-\ue01f]")
+_UNSHIELD_ALL = regex.compile("[\ufdd0-\ufdef]")
 _SHIELDED = {v: k for k, v in _SHIELDS.items()}
 _TYPOGRAPHIC_RE = regex.compile(f"[{_TYPOGRAPHIC}]")
-_TYPOGRAPHIC_ASCII = {"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2013": "-",
-                                    "\u2014": "-", "\u2026": "..."}
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufeff]")
+_TYPOGRAPHIC_ASCII = {"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2013": "-", "\u2014": "-",
+                      "\u2026": "..."}
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufeff\ufdd0-\ufdef]")
 _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
 _BLANK_RUN = re.compile(r"\n{3,}")
 _INDIC_BEFORE = rf"(?<=[{_INDIC}] ?)"

@@ -125,7 +125,8 @@ class Quality(Stage):
             stopwords=sum(map(stopwords.__contains__, map(str.lower, words))),
         )
         c = self.config
-        max_duplicate_lines = c.max_duplicate_line_fraction or languages.DUPLICATE_LINE_FRACTION.get(record["lang"], 0.3)
+        max_duplicate_lines = (c.max_duplicate_line_fraction if c.max_duplicate_line_fraction is not None
+                               else languages.DUPLICATE_LINE_FRACTION.get(record["lang"], 0.3))
         if not words:
             return "empty"
         if len(words) < c.min_words:
