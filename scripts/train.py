@@ -1,26 +1,29 @@
-"""Continued pretraining with LoRA (or full fine-tuning) on a prepared Indic corpus.
+"""Continued pretraining (stage: cpt) or chat SFT (stage: sft) with LoRA or full fine-tuning.
 
     accelerate launch --config_file recipes/accelerate/<setup>.yaml scripts/train.py \
         --config recipes/train/<model>/<recipe>.yaml [--learning_rate 1e-4 ...]
 
-Documents are packed to max_length without attending to each other. With an extended tokenizer the
-model is resized and the new rows initialised from the base tokenizer's pieces; with LoRA those rows
-train too (trainable_embeddings). A run resumes from the last checkpoint in output_dir.
+cpt packs prepared documents to max_length without letting them attend to each other, with languages
+mixed by temperature and an optional English replay share. sft trains on chat data through TRL's
+SFTTrainer, with the loss on assistant turns. With an extended tokenizer the model is resized and the
+new rows initialised from the base tokenizer's pieces; with LoRA those rows train too
+(trainable_embeddings). A run resumes from the last checkpoint in output_dir; after saving, the
+adapter on disk is checked against the trained weights.
 """
 
 import os
 
 from peft import get_peft_model
-from transformers import AutoTokenizer, Trainer, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import AutoTokenizer, set_seed
 
-from training import config, lineage
-from training.data import load_corpus
+from training import checkpoint, config, lineage
+from training.data import load_chat, parquet_files
 from training.model import fit_to_tokenizer, load_model, lora_config
-from training.packing import collator, tokenize_and_pack
+from training.packing import collator, packed_dataset
+from training.trainer import ChatTrainer, PretrainingTrainer
 
 
-def main(argv: list[str] | None = None) -> Trainer:
+def main(argv: list[str] | None = None):
     args, training_args, model_args = config.parse(argv)
     set_seed(training_args.seed)
 
@@ -30,36 +33,48 @@ def main(argv: list[str] | None = None) -> Trainer:
     )
     model, base_tokenizer = load_model(args, model_args, training_args, tokenizer)
     new_token_ids = fit_to_tokenizer(model, tokenizer, base_tokenizer)
-    peft_config = lora_config(model_args, args, model, new_token_ids)
+    peft_config = lora_config(model_args, args, model, tokenizer, new_token_ids)
     if peft_config is not None:
         if training_args.activation_checkpointing:
             model.enable_input_require_grads()  # frozen embeddings would otherwise cut the checkpointed graph
         model = get_peft_model(model, peft_config)
 
-    corpus = load_corpus(args.train_data, args.languages)
-    train_dataset = tokenize_and_pack(corpus, tokenizer, training_args)
-    training_args.remove_unused_columns = False  # the collator needs seq_lengths to restart position ids
+    if args.stage == "cpt":
+        train_dataset, mixture, cache = packed_dataset(args, training_args, tokenizer)
+        data_files, extra = parquet_files(args.train_data + args.replay_data), {"mixture": mixture}
+        training_args.remove_unused_columns = False  # the collator needs seq_lengths to restart position ids
+        trainer = PretrainingTrainer(
+            model=model,
+            args=training_args,
+            train_dataset=train_dataset,
+            data_collator=collator(tokenizer, model, training_args),
+            processing_class=tokenizer,
+        )
+        trainer.accelerator.print(f"training on {len(train_dataset)} packed rows from {cache}")
+    else:
+        train_dataset, rejected = load_chat(args.train_data)
+        data_files, extra = args.train_data, {"chat_records": len(train_dataset), "rejected": dict(rejected)}
+        trainer = ChatTrainer(model=model, args=training_args, train_dataset=train_dataset, processing_class=tokenizer)
+        if rejected:
+            trainer.accelerator.print(f"rejected chat records: {dict(rejected)}")
+    trainer.configure(args.embedding_learning_rate, args.peak_tflops_per_gpu)
 
-    trainer = Trainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        data_collator=collator(tokenizer, model, training_args),
-        processing_class=tokenizer,
-    )
     resume = training_args.resume_from_checkpoint
     if resume is None and os.path.isdir(training_args.output_dir):
-        resume = get_last_checkpoint(training_args.output_dir)  # None when no checkpoint was saved yet
+        resume = checkpoint.last_complete_checkpoint(training_args.output_dir)  # None when none was saved yet
     trainer.train(resume_from_checkpoint=resume)
 
     trainer.save_model(training_args.output_dir)
-    if trainer.accelerator.is_main_process:
-        lineage.write(training_args.output_dir, args, training_args, model_args, tokenizer, new_token_ids)
+    is_main = trainer.accelerator.is_main_process
+    if peft_config is not None:
+        checkpoint.verify_saved_adapter(trainer.model, training_args.output_dir, is_main)
+    if is_main:
+        lineage.write(training_args.output_dir, args, training_args, model_args, tokenizer, new_token_ids,
+                      data_files, **extra)
         if args.merge_adapter and peft_config is not None:
-            merged = trainer.model.merge_and_unload()
-            merged.save_pretrained(f"{training_args.output_dir}/merged")
-            tokenizer.save_pretrained(f"{training_args.output_dir}/merged")
+            checkpoint.merge(training_args.output_dir, tokenizer, model.dtype)
         trainer.accelerator.print(f"saved to {training_args.output_dir}")
+    trainer.accelerator.wait_for_everyone()
     return trainer
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "data" / "sample"
+# Packed training data is cached under $INDICTUNE_CACHE; tests (and the processes they start) use their own.
+os.environ["INDICTUNE_CACHE"] = tempfile.mkdtemp(prefix="indictune-cache-")
 
 
 def shared_data_dir() -> Path:
@@ -69,6 +72,29 @@ def extended_tokenizer_dir(prepared_sample, base_tokenizer_dir, tmp_path_factory
         fertility_text="data/sample/heldout/{lang}.txt", fertility_languages=["hi", "ta", "en"],
     ))
     return out
+
+
+@pytest.fixture(scope="session")
+def byte_level_tokenizer_dirs(prepared_sample, tmp_path_factory) -> tuple[Path, Path]:
+    """A small byte-level BPE tokenizer trained on English (Llama-3 and Qwen style) and its Indic extension."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from training.tokenizer.build import TokenizerConfig, build
+
+    english = (SAMPLE / "heldout/en.txt").read_text().splitlines() + (SAMPLE / "web/en.jsonl").read_text().splitlines()
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(english, trainers.BpeTrainer(
+        vocab_size=500, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    out = tmp_path_factory.mktemp("tokenizers")
+    PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>").save_pretrained(
+        out / "byte-level-base")
+    build(TokenizerConfig(output_dir=str(out / "byte-level-extended"), train_data=[str(prepared_sample[0])],
+                          languages=["hi", "ta"], base_tokenizer=str(out / "byte-level-base"), vocab_size=800))
+    return out / "byte-level-base", out / "byte-level-extended"
 
 
 def tiny_llama(vocab_size: int, tie: bool = False, seed: int = 0):

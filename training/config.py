@@ -21,12 +21,47 @@ from data.recipe import RecipeError, read_yaml, unknown_key_error
 
 @dataclass
 class IndictuneArguments:
+    stage: Literal["cpt", "sft"] = field(
+        default="cpt",
+        metadata={
+            "help": "cpt: continued pretraining on prepared text, packed; sft: chat data (a `messages` column) "
+            "through TRL's SFTTrainer with loss on assistant turns."
+        },
+    )
     train_data: list[str] = field(
         default_factory=list,
-        metadata={"help": "Prepared corpora: output dirs of scripts/prepare_data.py, Parquet folders or globs."},
+        metadata={
+            "help": "cpt: prepared corpora (output dirs of scripts/prepare_data.py, Parquet folders or globs). "
+            "sft: chat data as JSONL/JSON/Parquet files, a save_to_disk folder or a Hub dataset id."
+        },
     )
     languages: list[str] | None = field(
         default=None, metadata={"help": "Train on these languages only (codes from data/languages.py)."}
+    )
+    language_temperature: float = field(
+        default=1.0,
+        metadata={
+            "help": "cpt: each language's share of tokens is proportional to (its corpus share)^(1/T). 1 keeps the "
+            "corpus proportions; higher values move toward equal shares, repeating small languages' documents."
+        },
+    )
+    replay_fraction: float | None = field(
+        default=None,
+        metadata={
+            "help": "cpt: this fraction of the training tokens is English (from replay_data, or the English in "
+            "train_data), against forgetting; the other languages share the rest by language_temperature."
+        },
+    )
+    replay_data: list[str] = field(
+        default_factory=list, metadata={"help": "cpt: prepared corpora to take the English replay text from."}
+    )
+    packed_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "cpt: where tokenized and packed data is kept, keyed by data, tokenizer, max_length and mix "
+            "(default: $INDICTUNE_CACHE or ~/.cache/indictune/packed). Put it on a shared filesystem for multi-node "
+            "runs and fill it with scripts/pack_data.py before launching."
+        },
     )
     tokenizer_name_or_path: str | None = field(
         default=None, metadata={"help": "The tokenizer to train with, e.g. one from scripts/extend_tokenizer.py."}
@@ -38,6 +73,13 @@ class IndictuneArguments:
             "the whole embedding and output layers (full), or neither (none)."
         },
     )
+    trainable_tokens: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Tokens already in the base vocabulary whose embedding and output rows train too, e.g. the chat "
+            "template's <|start_header_id|>, <|end_header_id|>, <|eot_id|>, which Llama-3 base models never trained."
+        },
+    )
     init_from_config: str | None = field(
         default=None,
         metadata={
@@ -45,8 +87,19 @@ class IndictuneArguments:
             "weights from model_name_or_path."
         },
     )
+    embedding_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the trainable embedding and output rows (default: learning_rate)."},
+    )
     merge_adapter: bool = field(
         default=False, metadata={"help": "Also save the base model with the adapter merged in, under output_dir/merged."}
+    )
+    peak_tflops_per_gpu: float | None = field(
+        default=None,
+        metadata={
+            "help": "Dense bf16 peak of one accelerator, for the logged MFU; known GPUs (H100, H200, A100, ...) are "
+            "recognised, others log no MFU unless this is set."
+        },
     )
 
 
@@ -76,6 +129,13 @@ def parse(argv: list[str] | None = None) -> tuple[IndictuneArguments, SFTConfig,
         raise SystemExit(f"error: {err}") from None
     except ValueError as err:  # a value the dataclasses reject, e.g. bf16 on a machine without a GPU
         raise SystemExit(f"error: {config_path or 'command line'}: {err}") from None
+    where = config_path or "command line"
     if not args.train_data:
-        raise SystemExit(f"error: {config_path or 'command line'}: train_data is required (the prepare_data output)")
+        raise SystemExit(f"error: {where}: train_data is required (the prepare_data output, or chat data for sft)")
+    if args.replay_fraction is not None and not 0 < args.replay_fraction < 1:
+        raise SystemExit(f"error: {where}: replay_fraction must be between 0 and 1, got {args.replay_fraction}")
+    if args.language_temperature <= 0:
+        raise SystemExit(f"error: {where}: language_temperature must be positive, got {args.language_temperature}")
+    if args.stage == "sft" and (args.replay_fraction is not None or args.language_temperature != 1.0):
+        raise SystemExit(f"error: {where}: replay_fraction and language_temperature mix cpt corpora; remove them for sft")
     return args, training_args, model_args

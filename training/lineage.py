@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from training.data import file_sha256, parquet_files
+from training.data import file_sha256
 
 
 def code_commit() -> str | None:
@@ -35,16 +35,26 @@ def tokenizer_hash(tokenizer) -> str:
     return hashlib.sha256(content.encode("utf-8")).hexdigest()
 
 
-def write(output_dir: str, args, training_args, model_args, tokenizer, new_token_ids: list[int]) -> None:
+def data_record(path: str) -> dict:
+    """A data file with its hash, or a dataset named by id (no local file to hash)."""
+    if Path(path).is_file():
+        return {"file": path, "sha256": file_sha256(path)}
+    return {"dataset": path}
+
+
+def write(output_dir: str, args, training_args, model_args, tokenizer, new_token_ids: list[int],
+          data_files: list[str], **extra) -> None:
     output = Path(output_dir)
     lineage = {
+        "stage": args.stage,
         "base_model": model_args.model_name_or_path,
         "init_from_config": args.init_from_config,
         "tokenizer": args.tokenizer_name_or_path or model_args.model_name_or_path,
         "tokenizer_sha256": tokenizer_hash(tokenizer),
         "new_token_ids": [new_token_ids[0], new_token_ids[-1] + 1] if new_token_ids else None,
-        "data": [{"file": f, "sha256": file_sha256(f)} for f in parquet_files(args.train_data)],
+        "data": [data_record(f) for f in data_files],
         "languages": args.languages,
+        **extra,
         "code_commit": code_commit(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

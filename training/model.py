@@ -15,9 +15,10 @@ from training.config import IndictuneArguments
 from training.tokenizer.embeddings import resize_for_tokenizer
 
 
-def attention_implementation(model_args: ModelConfig) -> str:
-    if model_args.attn_implementation:
-        return model_args.attn_implementation
+def attention_implementation(requested: str | None = None) -> str:
+    """The recipe's choice, else flash-attention when installed on a GPU, else sdpa."""
+    if requested:
+        return requested
     if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
     return "sdpa"
@@ -36,7 +37,7 @@ def load_model(args: IndictuneArguments, model_args: ModelConfig, training_args:
             pad_token_id=tokenizer.pad_token_id,
         )
         model = AutoModelForCausalLM.from_config(
-            config, dtype=dtype, attn_implementation=attention_implementation(model_args)
+            config, dtype=dtype, attn_implementation=attention_implementation(model_args.attn_implementation)
         )
         return model, tokenizer
     if not model_args.model_name_or_path:
@@ -45,7 +46,7 @@ def load_model(args: IndictuneArguments, model_args: ModelConfig, training_args:
         model_args.model_name_or_path,
         revision=model_args.model_revision,
         dtype=dtype,
-        attn_implementation=attention_implementation(model_args),
+        attn_implementation=attention_implementation(model_args.attn_implementation),
         trust_remote_code=training_args.trust_remote_code,
         use_safetensors=True,
     )
@@ -64,13 +65,41 @@ def fit_to_tokenizer(model, tokenizer, base_tokenizer) -> list[int]:
     return new_ids
 
 
+def _collect_token_rows_on_any_device(layer, weight, rows, embed_dim):
+    """peft's TrainableTokensLayer._collect_token_weights, allocating on the weight's device: peft's own
+    allocates the receiving buffer on CUDA, so ZeRO-3 with trainable rows fails on CPU-only machines."""
+    import torch.distributed as dist
+    from peft.utils.integrations import gather_params_ctx
+
+    with gather_params_ctx([weight], modifier_rank=None):
+        if dist.get_rank() == 0:
+            rows_value = weight[rows].clone()
+        else:
+            rows_value = torch.empty((len(rows), embed_dim), dtype=weight.dtype, device=weight.device)
+    dist.broadcast(rows_value, src=0)
+    return rows_value
+
+
+if not torch.cuda.is_available():
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+
+    TrainableTokensLayer._collect_token_weights = _collect_token_rows_on_any_device
+
+
 def _module_name(model, module) -> str:
     return next(name for name, m in model.named_modules() if m is module).rsplit(".", 1)[-1]
 
 
-def lora_config(model_args: ModelConfig, args: IndictuneArguments, model, new_ids: list[int]) -> LoraConfig | None:
+def lora_config(model_args: ModelConfig, args: IndictuneArguments, model, tokenizer, new_ids: list[int]) -> LoraConfig | None:
     """TRL's LoRA settings from the recipe, plus the embedding rows to train."""
     config = get_peft_config(model_args)
+    if config is not None and args.trainable_embeddings == "none" and new_ids:
+        raise SystemExit(
+            f"error: trainable_embeddings: none would leave the {len(new_ids)} tokens the tokenizer adds untrained "
+            "(their rows only start at the mean of their pieces); use new_rows or full"
+        )
+    if config is not None and args.trainable_embeddings != "new_rows" and args.trainable_tokens:
+        raise SystemExit("error: trainable_tokens needs trainable_embeddings: new_rows (full trains every row)")
     if config is None or args.trainable_embeddings == "none":
         return config
     embedding = _module_name(model, model.get_input_embeddings())
@@ -79,6 +108,12 @@ def lora_config(model_args: ModelConfig, args: IndictuneArguments, model, new_id
     layers = [embedding] if tied else [embedding, _module_name(model, output)]
     if args.trainable_embeddings == "full":
         config.modules_to_save = sorted(set(config.modules_to_save or []) | set(layers))
-    elif new_ids:
-        config.trainable_token_indices = {name: list(new_ids) for name in layers}
+        return config
+    vocab = tokenizer.get_vocab()
+    unknown = [token for token in args.trainable_tokens if token not in vocab]
+    if unknown:
+        raise SystemExit(f"error: trainable_tokens: {unknown} are not in the tokenizer's vocabulary")
+    rows = sorted(set(new_ids) | {vocab[token] for token in args.trainable_tokens})
+    if rows:
+        config.trainable_token_indices = {name: rows for name in layers}
     return config

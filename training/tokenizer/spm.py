@@ -18,6 +18,8 @@ from pathlib import Path
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as model_pb2
 
+from training.mixing import temperature_shares
+
 NORMAL = model_pb2.ModelProto.SentencePiece.Type.NORMAL
 SENTINEL_SCORE = -1e6  # scores at or below this mark pieces a model wants merged after all others
 
@@ -53,12 +55,11 @@ def sample_lines(texts: list[str], langs: list[str], temperature: float = 1.0, m
     sizes = {lang: sum(map(len, lines)) for lang, lines in by_lang.items()}
     total = sum(sizes.values())
     budget = min(total, max_characters or total)
-    weights = {lang: (size / total) ** (1.0 / temperature) for lang, size in sizes.items()}
-    norm = sum(weights.values())
+    shares = temperature_shares(sizes, temperature)
     rng = random.Random(seed)
     chosen, taken = [], {}
     for lang in sorted(by_lang):
-        quota = budget * weights[lang] / norm
+        quota = budget * shares.get(lang, 0.0)
         lines = by_lang[lang][:]
         rng.shuffle(lines)
         used = 0

@@ -1,0 +1,35 @@
+"""The training benchmark runs end to end on the CPU (its GPU figures are in docs/benchmarks.md)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_bench_train_measures_both_paths_on_a_tiny_model(tmp_path):
+    out = tmp_path / "train.json"
+    result = subprocess.run(
+        [sys.executable, "scripts/bench_train.py", "--model", "tiny", "--max_length", "256", "--steps", "6",
+         "--warmup_steps", "2", "--output", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    ours, plain = figures["results"]["indictune"], figures["results"]["plain TRL + PEFT"]
+    assert ours["tokens_per_second_per_gpu"] > 0 and plain["tokens_per_second_per_gpu"] > 0
+    assert figures["ratio"] == pytest.approx(ours["tokens_per_second_per_gpu"] / plain["tokens_per_second_per_gpu"], rel=1e-2)
+    assert 0 < ours["final_loss"] < 20 and 0 < plain["final_loss"] < 20
+    assert figures["goals"] == {}  # judged only for Llama-3.1-8B on a GPU
+    assert "indictune / plain" in result.stdout
+    # --check cannot pass where the goals are not judged
+    failed = subprocess.run(
+        [sys.executable, "scripts/bench_train.py", "--model", "tiny", "--max_length", "128", "--steps", "3",
+         "--warmup_steps", "1", "--output", str(tmp_path / "again.json"), "--check", "true"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert failed.returncode == 1

@@ -1,0 +1,101 @@
+"""The trainers: ``transformers.Trainer`` for continued pretraining, TRL's ``SFTTrainer`` for chat, with
+what both share: a learning rate of their own for the embedding rows, and throughput in the logs."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+from peft import PeftModel
+from transformers import Trainer
+from transformers.trainer import TRAINING_ARGS_NAME
+from trl import SFTTrainer
+
+from training.throughput import flops_per_token, peak_tflops
+
+EMBEDDING_MARKERS = ("trainable_tokens_", "modules_to_save")
+
+
+class IndictuneTrainerMixin:
+    """Adds ``embedding_learning_rate`` and logs tokens/s per GPU and MFU with the loss."""
+
+    def configure(self, embedding_learning_rate: float | None, peak_tflops_per_gpu: float | None) -> None:
+        self.embedding_learning_rate = embedding_learning_rate
+        self.flops_per_token = flops_per_token(self.model, self.args.max_length)
+        self.peak_flops = (peak_tflops(peak_tflops_per_gpu) or 0.0) * 1e12
+        self._tokens, self._since = 0, None
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is not None or not getattr(self, "embedding_learning_rate", None):
+            return super().create_optimizer(model)
+        model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(model))
+        groups: dict[tuple[bool, bool], list] = {}
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                groups.setdefault((name in decay, any(m in name for m in EMBEDDING_MARKERS)), []).append(param)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        self.optimizer = optimizer_cls(
+            [
+                {
+                    "params": params,
+                    "weight_decay": self.args.weight_decay if decays else 0.0,
+                    **({"lr": self.embedding_learning_rate} if embedding else {}),
+                }
+                for (decays, embedding), params in sorted(groups.items())
+            ],
+            **optimizer_kwargs,
+        )
+        return self.optimizer
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if not isinstance(self.model, PeftModel):
+            return super()._save(output_dir, state_dict)
+        if not self.args.should_save:
+            return
+        output_dir = output_dir or self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        # The adapter carries the rows of new tokens itself (trainable_token_indices or modules_to_save).
+        # Left to decide, peft would also write the whole resized embedding and output layers into it:
+        # gigabytes for a Llama-3 vocabulary, and a size mismatch for servers that load adapters.
+        self.model.save_pretrained(output_dir, state_dict=state_dict, save_embedding_layers=False)
+        self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self._since is None:
+            self._since = time.perf_counter()
+        mask = inputs.get("attention_mask")
+        self._tokens += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._since is not None:
+            tokens = torch.tensor(self._tokens, dtype=torch.float64, device=self.args.device)
+            tokens = self.accelerator.reduce(tokens, "sum").item() / self.accelerator.num_processes
+            per_gpu = tokens / max(time.perf_counter() - self._since, 1e-9)
+            logs["tokens_per_second_per_gpu"] = round(per_gpu, 1)
+            if self.peak_flops:
+                logs["mfu"] = round(per_gpu * self.flops_per_token / self.peak_flops, 4)
+            if torch.cuda.is_available():
+                logs["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            self._tokens, self._since = 0, time.perf_counter()
+        super().log(logs, start_time)
+
+
+class PretrainingTrainer(IndictuneTrainerMixin, Trainer):
+    """Continued pretraining on packed documents."""
+
+
+class ChatTrainer(IndictuneTrainerMixin, SFTTrainer):
+    """SFT on chat data, with the loss from the model's own forward.
+
+    SFTTrainer scores tokens by multiplying hidden states with ``lm_head.weight`` directly. That skips
+    PEFT's wrappers on the output layer, so the trainable rows of new tokens (or a fully trained output
+    layer) would get no gradient; the model's forward goes through them.
+    """
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs["use_cache"] = False
+        return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
