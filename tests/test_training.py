@@ -128,6 +128,24 @@ def losses_by_step(history) -> dict[int, float]:
     return {h["step"]: h["loss"] for h in history if "loss" in h}
 
 
+@pytest.mark.parametrize("mode", ["new_rows", "full"])
+def test_tied_embeddings_train_as_one_and_reload(mode, tmp_path, prepared_sample, base_tokenizer_dir,
+                                                 extended_tokenizer_dir):
+    tokenizer = AutoTokenizer.from_pretrained(base_tokenizer_dir)
+    base = tmp_path / "tied-base"
+    tiny_llama(len(tokenizer), tie=True).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    trainer = load_train_script().main(train_argv(tmp_path, prepared_sample[0], base, extended_tokenizer_dir,
+                                                  "--trainable_embeddings", mode, "--max_steps", "3"))
+    model = trainer.model.eval()
+    ids = torch.tensor([AutoTokenizer.from_pretrained(extended_tokenizer_dir)("तमिल और हिंदी")["input_ids"]])
+    with torch.no_grad():
+        reloaded = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "run").eval()
+        assert torch.allclose(reloaded(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5)
+        merged = reloaded.merge_and_unload()
+        assert torch.allclose(merged(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-4)
+
+
 def test_a_killed_run_resumes_on_the_same_loss_curve(tmp_path, prepared_sample, tiny_base_dir, extended_tokenizer_dir):
     argv = train_argv(tmp_path, prepared_sample[0], tiny_base_dir, extended_tokenizer_dir,
                       "--max_steps", "24", "--save_strategy", "steps", "--save_steps", "4", "--lora_dropout", "0.1")
@@ -361,3 +379,29 @@ def test_each_model_recipe_trains_on_a_tiny_model_of_its_architecture(
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
     if settings.get("merge_adapter"):
         assert (tmp_path / "out" / "merged" / "model.safetensors").is_file()
+
+
+def test_sft_refuses_chat_tokens_a_base_model_never_trained(tmp_path, base_tokenizer_dir, extended_tokenizer_dir):
+    """Llama-3 base models ship near-zero rows for their chat-template tokens; training on them without
+    training those rows gives NaNs or replies that never end."""
+    template_tokens = ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    tokenizer = AutoTokenizer.from_pretrained(base_tokenizer_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": template_tokens})
+    model = tiny_llama(len(tokenizer))
+    with torch.no_grad():
+        for token in template_tokens:
+            model.model.embed_tokens.weight[tokenizer.convert_tokens_to_ids(token)] = 0.0
+    base = tmp_path / "base"
+    model.save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    argv = ["--config", str(REPO / "recipes/train/llama-3.1-8b/hindi-sft.yaml"), "--model_name_or_path", str(base),
+            "--train_data", str(REPO / "data/sample/chat/chat.jsonl"), "--output_dir", str(tmp_path / "sft"),
+            "--max_steps", "1", "--bf16", "false", "--dtype", "float32", "--activation_checkpointing", "false",
+            "--report_to", "none", "--disable_tqdm", "true", "--per_device_train_batch_size", "2"]
+    recipe = REPO / "recipes/train/llama-3.1-8b/hindi-sft.yaml"
+    without = tmp_path / "without-trainable-tokens.yaml"
+    without.write_text("".join(line for line in recipe.read_text().splitlines(True) if "trainable_tokens" not in line))
+    with pytest.raises(SystemExit, match=r"never trained: \['<\|start_header_id\|>', '<\|end_header_id\|>', '<\|eot_id\|>'\]"):
+        load_train_script().main(["--config", str(without), *argv[2:]])
+    trainer = load_train_script().main(argv)  # the recipe lists them in trainable_tokens
+    assert trainer.state.global_step == 1

@@ -15,13 +15,7 @@ from peft import AutoPeftModelForCausalLM, get_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers.integrations import deepspeed as hf_deepspeed
 
-
-def _gathered(params: list[torch.nn.Parameter]):
-    if any(hasattr(p, "ds_id") for p in params):
-        import deepspeed
-
-        return deepspeed.zero.GatheredParameters(params)
-    return contextlib.nullcontext()
+from training.tokenizer.embeddings import gathered
 
 
 @contextlib.contextmanager
@@ -45,7 +39,7 @@ def verify_saved_adapter(model, output_dir: str, is_main: bool) -> int:
     Returns the number of tensors checked; raises SavedAdapterMismatch naming the first bad tensor.
     """
     trainable = [p for p in model.parameters() if p.requires_grad]
-    with _gathered(trainable):
+    with gathered(*trainable):
         expected = {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model, save_embedding_layers=False).items()} if is_main else {}
     if not is_main:
         return 0

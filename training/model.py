@@ -12,7 +12,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig, SFTConfig, get_peft_config
 
 from training.config import IndictuneArguments
-from training.tokenizer.embeddings import resize_for_tokenizer
+from training.tokenizer.embeddings import gathered, resize_for_tokenizer
 
 
 def attention_implementation(requested: str | None = None) -> str:
@@ -106,6 +106,8 @@ def lora_config(model_args: ModelConfig, args: IndictuneArguments, model, tokeni
     output = model.get_output_embeddings()
     tied = output is None or output.weight is model.get_input_embeddings().weight
     layers = [embedding] if tied else [embedding, _module_name(model, output)]
+    # A tied output layer must train with the input rows, not as a copy that drifts and is dropped at merge.
+    config.ensure_weight_tying = tied
     if args.trainable_embeddings == "full":
         config.modules_to_save = sorted(set(config.modules_to_save or []) | set(layers))
         return config
@@ -117,3 +119,22 @@ def lora_config(model_args: ModelConfig, args: IndictuneArguments, model, tokeni
     if rows:
         config.trainable_token_indices = {name: rows for name in layers}
     return config
+
+
+def untrained_tokens(model, tokenizer, texts_ids: list[list[int]], trained_rows: set[int]) -> list[str]:
+    """Tokens the data uses whose input rows are near zero (under a tenth of the median row norm) and
+    that will not train: a base model's chat-template tokens, typically, which give NaNs or never stop."""
+    used = sorted({i for ids in texts_ids for i in ids} - trained_rows)
+    weight = model.get_input_embeddings().weight
+    with gathered(weight):
+        norms = weight.detach().float().norm(dim=-1)
+        floor = 0.1 * norms.median()
+        return [tokenizer.convert_ids_to_tokens(i) for i in used if norms[i] < floor]
+
+
+def trained_rows(peft_config: LoraConfig | None, model) -> set[int]:
+    """Ids whose embedding rows train: all of them without LoRA or with whole layers, else the listed rows."""
+    embedding = model.get_input_embeddings()
+    if peft_config is None or _module_name(model, embedding) in (peft_config.modules_to_save or []):
+        return set(range(getattr(embedding.weight, "ds_shape", embedding.weight.shape)[0]))
+    return {i for rows in (peft_config.trainable_token_indices or {}).values() for i in rows}

@@ -14,11 +14,13 @@ import contextlib
 import torch
 
 
-def _gathered(*params: torch.nn.Parameter):
-    if any(hasattr(p, "ds_id") for p in params):  # a ZeRO-3 partitioned parameter
+def gathered(*params: torch.nn.Parameter, modifier_rank: int | None = None):
+    """The whole of parameters that DeepSpeed ZeRO-3 partitions across ranks (every rank must enter);
+    with `modifier_rank`, what that rank writes is scattered back. A no-op for ordinary parameters."""
+    if any(hasattr(p, "ds_id") for p in params):
         import deepspeed
 
-        return deepspeed.zero.GatheredParameters(list(params), modifier_rank=0)
+        return deepspeed.zero.GatheredParameters(list(params), modifier_rank=modifier_rank)
     return contextlib.nullcontext()
 
 
@@ -38,7 +40,7 @@ def initialize_new_rows(model, base_tokenizer, tokenizer, new_ids: list[int]) ->
         layers.append(output)
     for layer in layers:
         weight = layer.weight
-        with _gathered(weight):
+        with gathered(weight, modifier_rank=0):
             mean = weight[:base_size].float().mean(0)
             for row, pieces in zip(new_ids, sources):
                 value = weight[pieces].float().mean(0) if pieces else mean
