@@ -18,7 +18,7 @@ from transformers import AutoTokenizer, set_seed
 
 from training import checkpoint, config, lineage
 from training.data import load_chat, parquet_files
-from training.model import fit_to_tokenizer, load_model, lora_config, trained_rows, untrained_tokens
+from training.model import fit_to_tokenizer, load_model, lora_config, require_trained_tokens
 from training.packing import collator, packed_dataset
 from training.trainer import ChatTrainer, PretrainingTrainer
 
@@ -57,13 +57,7 @@ def main(argv: list[str] | None = None):
         trainer = ChatTrainer(model=model, args=training_args, train_dataset=train_dataset, processing_class=tokenizer)
         if rejected:
             trainer.accelerator.print(f"rejected chat records: {dict(rejected)}")
-        sample = trainer.train_dataset.select(range(min(1000, len(trainer.train_dataset))))["input_ids"]
-        untrained = untrained_tokens(trainer.model, tokenizer, sample, trained_rows(peft_config, trainer.model))
-        if untrained:
-            raise SystemExit(
-                f"error: the chat data uses tokens whose embeddings were never trained: {untrained}; list them in "
-                "trainable_tokens (with trainable_embeddings: new_rows) so their rows train"
-            )
+        require_trained_tokens(trainer.model, tokenizer, trainer.train_dataset, peft_config)
     trainer.configure(args.embedding_learning_rate, args.peak_tflops_per_gpu)
 
     resume = training_args.resume_from_checkpoint

@@ -40,6 +40,9 @@ def test_the_whole_chain_on_the_sample(tmp_path):
     run(*launch, "scripts/train.py", "--config", "recipes/train/demo/cpt-lora.yaml",
         "--model_name_or_path", str(base), "--tokenizer_name_or_path", str(tok), "--train_data", str(data),
         "--output_dir", str(adapter), "--num_train_epochs", "4", "--report_to", "none", "--disable_tqdm", "true")
+    run(*launch, "scripts/train.py", "--config", "recipes/train/demo/sft-lora.yaml",
+        "--model_name_or_path", str(adapter / "merged"), "--output_dir", str(tmp_path / "sft-lora"),
+        "--num_train_epochs", "1", "--report_to", "none", "--disable_tqdm", "true")
     run(python, "scripts/evaluate.py", "--config", "recipes/eval/demo.yaml", "--model", str(base),
         "--adapter", str(adapter), "--output_dir", str(tmp_path / "eval"), "--db", str(tmp_path / "lb.sqlite"),
         "--bootstrap_samples", "200")
@@ -57,3 +60,5 @@ def test_the_whole_chain_on_the_sample(tmp_path):
     assert all(fertility[lang]["delta"] < 0 for lang in ("hi", "mr", "bn", "ta", "te"))
     assert "## sample-heldout: bits per character" in printed
     assert (board / "leaderboard.html").is_file() and (adapter / "lineage.json").is_file()
+    sft = json.loads((tmp_path / "sft-lora" / "lineage.json").read_text())
+    assert sft["stage"] == "sft" and sft["base_model"] == str(adapter / "merged") and sft["chat_records"] == 12

@@ -121,10 +121,18 @@ def lora_config(model_args: ModelConfig, args: IndictuneArguments, model, tokeni
     return config
 
 
-def untrained_tokens(model, tokenizer, texts_ids: list[list[int]], trained_rows: set[int]) -> list[str]:
+def trained_rows(peft_config: LoraConfig | None, model) -> set[int]:
+    """Ids whose embedding rows train: all of them without LoRA or with whole layers, else the listed rows."""
+    embedding = model.get_input_embeddings()
+    if peft_config is None or _module_name(model, embedding) in (peft_config.modules_to_save or []):
+        return set(range(getattr(embedding.weight, "ds_shape", embedding.weight.shape)[0]))
+    return {i for rows in (peft_config.trainable_token_indices or {}).values() for i in rows}
+
+
+def untrained_tokens(model, tokenizer, texts_ids: list[list[int]], trained: set[int]) -> list[str]:
     """Tokens the data uses whose input rows are near zero (under a tenth of the median row norm) and
-    that will not train: a base model's chat-template tokens, typically, which give NaNs or never stop."""
-    used = sorted({i for ids in texts_ids for i in ids} - trained_rows)
+    that will not train."""
+    used = sorted({i for ids in texts_ids for i in ids} - trained)
     weight = model.get_input_embeddings().weight
     with gathered(weight):
         norms = weight.detach().float().norm(dim=-1)
@@ -132,9 +140,13 @@ def untrained_tokens(model, tokenizer, texts_ids: list[list[int]], trained_rows:
         return [tokenizer.convert_ids_to_tokens(i) for i in used if norms[i] < floor]
 
 
-def trained_rows(peft_config: LoraConfig | None, model) -> set[int]:
-    """Ids whose embedding rows train: all of them without LoRA or with whole layers, else the listed rows."""
-    embedding = model.get_input_embeddings()
-    if peft_config is None or _module_name(model, embedding) in (peft_config.modules_to_save or []):
-        return set(range(getattr(embedding.weight, "ds_shape", embedding.weight.shape)[0]))
-    return {i for rows in (peft_config.trainable_token_indices or {}).values() for i in rows}
+def require_trained_tokens(model, tokenizer, dataset, peft_config: LoraConfig | None) -> None:
+    """Stop before training on tokens a base model never trained and this run would not train either: a
+    base model's chat-template tokens, typically, which give NaNs or replies that never end."""
+    sample = dataset.select(range(min(1000, len(dataset))))["input_ids"]
+    untrained = untrained_tokens(model, tokenizer, sample, trained_rows(peft_config, model))
+    if untrained:
+        raise SystemExit(
+            f"error: the chat data uses tokens whose embeddings were never trained: {untrained}; list them in "
+            "trainable_tokens (with trainable_embeddings: new_rows) so their rows train"
+        )
