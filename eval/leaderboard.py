@@ -1,9 +1,11 @@
 """Render the leaderboard store: ``leaderboard.md``, a self-contained ``leaderboard.html`` and PNG charts.
 
 One table per task and metric: a row per model (its newest run), a column per language, and for
-every model evaluated against a base its delta with the 95% paired bootstrap interval. For every
-metric here lower is better. A candidate whose English score got worse beyond its interval is
-flagged: adapting to Indic languages must not cost the English it started with.
+every model evaluated against a base its delta with the 95% paired bootstrap interval (and McNemar's
+p for right/wrong outcomes). Then, per candidate, a heat map of its changes vs its base: task and
+metric by language, green where it is better beyond the interval, red where worse. A candidate whose
+English score got worse beyond its interval is flagged: adapting to Indic languages must not cost
+the English it started with. Raw and byte-normalised accuracies are separate metrics, never mixed.
 """
 
 from __future__ import annotations
@@ -23,14 +25,30 @@ METRIC_NAMES = {
     "bits_per_character": "bits per character",
     "bits_per_byte": "bits per byte",
     "tokens_per_word": "tokens per word",
+    "accuracy": "accuracy (raw log-likelihood), %",
+    "accuracy_bytes": "accuracy (log-likelihood per byte), %",
+    "chrf++": "chrF++",
+    "exact_match": "exact match, %",
+    "f1": "token F1, %",
 }
+LOWER_IS_BETTER = {"bits_per_character", "bits_per_byte", "tokens_per_word"}
+
+
+def improvement(score: dict) -> tuple[float | None, float | None]:
+    """The interval of the change as 'better' (positive) whatever the metric's direction."""
+    if score.get("delta_low") is None:
+        return None, None
+    low, high = score["delta_low"], score["delta_high"]
+    return (-high, -low) if score["metric"] in LOWER_IS_BETTER else (low, high)
 
 
 @dataclass
 class LeaderboardConfig:
     db: str = field("runs/leaderboard.sqlite", help="the store evaluations write to")
     out: str = field("runs/leaderboard", help="folder for leaderboard.md, leaderboard.html and the charts")
-    metrics: list[str] = field(default_factory=lambda: ["bits_per_character", "tokens_per_word"], help="tables to show")
+    metrics: list[str] = field(
+        default_factory=lambda: ["bits_per_character", "tokens_per_word", "accuracy", "accuracy_bytes", "chrf++",
+                                 "exact_match", "f1"], help="tables to show, in this order")
 
 
 def tables(runs: list[dict], metrics: list[str]) -> list[dict]:
@@ -48,13 +66,24 @@ def tables(runs: list[dict], metrics: list[str]) -> list[dict]:
             for run in runs
             if run["label"] in by_label
         ]
-        result.append({"task": task, "metric": metric, "langs": langs, "rows": rows})
+        origins = {score.get("origin") for cells in by_label.values() for score in cells.values()} - {None}
+        result.append({"task": task, "metric": metric, "langs": langs, "rows": rows, "origin": ", ".join(sorted(origins))})
     return result
+
+
+def title(table: dict) -> str:
+    direction = "lower is better" if table["metric"] in LOWER_IS_BETTER else "higher is better"
+    data = f"; {table['origin']} data" if table.get("origin") else ""
+    return f"{table['task']}: {METRIC_NAMES.get(table['metric'], table['metric'])} ({direction}{data})"
 
 
 def english_regressed(row: dict) -> bool:
     english = row["cells"].get("en")
-    return bool(english and english.get("delta_low") is not None and english["delta_low"] > 0)
+    if not english:
+        return False
+    english = {"metric": english.get("metric", "bits_per_character"), **english}
+    _, better_high = improvement(english)
+    return better_high is not None and better_high < 0
 
 
 def _cell_text(score: dict | None) -> str:
@@ -65,20 +94,75 @@ def _cell_text(score: dict | None) -> str:
         text += f" ({score['delta']:+.3f}"
         if score.get("delta_low") is not None:
             text += f" [{score['delta_low']:+.3f}, {score['delta_high']:+.3f}]"
+        if score.get("p_value") is not None:
+            text += f" p={score['p_value']:.2g}"
         text += ")"
     return text
 
 
-def to_markdown(all_tables: list[dict]) -> str:
-    lines = ["# Leaderboard", "", "Lower is better. In brackets: change vs the base model and its 95% paired bootstrap interval.", ""]
+def candidates(runs: list[dict]) -> list[dict]:
+    """Runs compared with a base, each with {(task, metric): {lang: score}} of its changes."""
+    result = []
+    for run in runs:
+        if not run.get("base_label"):
+            continue
+        grid: dict[tuple[str, str], dict[str, dict]] = defaultdict(dict)
+        for score in run["scores"]:
+            if score.get("delta") is not None:
+                grid[score["task"], score["metric"]][score["lang"]] = score
+        langs = sorted({lang for cells in grid.values() for lang in cells}, key=lambda l: (l == "en", l))
+        result.append({"label": run["label"], "base_label": run["base_label"], "grid": dict(sorted(grid.items())),
+                       "langs": langs, "english_regressed": english_regressed_anywhere(grid)})
+    return result
+
+
+def english_regressed_anywhere(grid: dict) -> list[str]:
+    """The (task, metric) rows where English got worse beyond the interval."""
+    return [f"{task} {metric}" for (task, metric), cells in grid.items()
+            if english_regressed({"cells": {"en": cells["en"]}} if "en" in cells else {"cells": {}})]
+
+
+def _cell_style(score: dict | None) -> str:
+    """Green where the candidate is better beyond the interval, red where worse, pale where unsure."""
+    if not score or score.get("delta") is None:
+        return ""
+    low, high = improvement(score)
+    if low is not None and low > 0:
+        return "background:#d4f4d4"
+    if high is not None and high < 0:
+        return "background:#f8d0d0"
+    return "background:#f6f6dc"
+
+
+def to_markdown(all_tables: list[dict], changes: list[dict]) -> str:
+    lines = ["# Leaderboard", "", "In brackets: change vs the base model, its 95% paired bootstrap interval, and McNemar's p "
+             "where outcomes are right or wrong. Bits and tokens per word: lower is better; the rest: higher.", ""]
     for table in all_tables:
-        lines += [f"## {table['task']}: {METRIC_NAMES.get(table['metric'], table['metric'])}", ""]
+        lines += [f"## {title(table)}", ""]
         lines.append("| model | base | " + " | ".join(table["langs"]) + " |")
         lines.append("|---|---|" + "---:|" * len(table["langs"]))
         for row in table["rows"]:
             flag = " ⚠ English regressed" if english_regressed(row) else ""
             cells = " | ".join(_cell_text(row["cells"].get(lang)) for lang in table["langs"])
             lines.append(f"| {row['label']}{flag} | {row['base_label'] or '–'} | {cells} |")
+        lines.append("")
+    for change in changes:
+        lines += [f"## Changes of {change['label']} vs {change['base_label']}", ""]
+        if change["english_regressed"]:
+            lines += ["⚠ English regressed beyond the interval in: " + ", ".join(change["english_regressed"]), ""]
+        lines.append("| task | metric | " + " | ".join(change["langs"]) + " |")
+        lines.append("|---|---|" + "---:|" * len(change["langs"]))
+        for (task, metric), cells in change["grid"].items():
+            texts = []
+            for lang in change["langs"]:
+                score = cells.get(lang)
+                if score is None:
+                    texts.append("–")
+                    continue
+                low, high = improvement(score)
+                mark = "▲ " if low is not None and low > 0 else "▼ " if high is not None and high < 0 else ""
+                texts.append(mark + _cell_text(score).split(" (", 1)[-1].rstrip(")"))
+            lines.append(f"| {task} | {metric} | " + " | ".join(texts) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -96,9 +180,42 @@ def chart_png(table: dict) -> bytes:
         values = [row["cells"].get(lang, {}).get("value", float("nan")) for lang in langs]
         ax.bar([x + i * width for x in range(len(langs))], values, width, label=row["label"])
     ax.set_xticks([x + width * (len(rows) - 1) / 2 for x in range(len(langs))], langs)
-    ax.set_ylabel(METRIC_NAMES.get(table["metric"], table["metric"]) + " (lower is better)")
+    direction = "lower" if table["metric"] in LOWER_IS_BETTER else "higher"
+    ax.set_ylabel(f"{METRIC_NAMES.get(table['metric'], table['metric'])} ({direction} is better)")
     ax.set_title(table["task"])
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def heatmap_png(change: dict) -> bytes:
+    """Changes vs base as colours: the interval's nearer end to zero, in units of 'better', per cell."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = list(change["grid"])
+    values = np.full((len(rows), len(change["langs"])), np.nan)
+    for i, key in enumerate(rows):
+        for j, lang in enumerate(change["langs"]):
+            score = change["grid"][key].get(lang)
+            if score is None or score.get("delta") is None:
+                continue
+            low, high = improvement(score)
+            better = -score["delta"] if score["metric"] in LOWER_IS_BETTER else score["delta"]
+            scale = max(abs(better), 1e-9)
+            # +1 surely better, -1 surely worse, in between: the interval crosses zero.
+            values[i, j] = 1.0 if low is not None and low > 0 else -1.0 if high is not None and high < 0 else better / scale * 0.3
+    fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(change["langs"]) + 3), max(2.5, 0.4 * len(rows) + 1.5)))
+    ax.imshow(values, cmap="RdYlGn", vmin=-1, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(change["langs"])), change["langs"])
+    ax.set_yticks(range(len(rows)), [f"{t} {m}" for t, m in rows], fontsize=8)
+    ax.set_title(f"{change['label']} vs base: green better, red worse (95% interval)", fontsize=9)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
@@ -119,25 +236,35 @@ y=b.cells[i].dataset.v;return (x===undefined||y===undefined)?0:(asc?x-y:y-x)});r
 """
 
 
-def _heat(delta: float | None, low: float | None, high: float | None) -> str:
-    """Green where the candidate is surely better (interval below 0), red where surely worse."""
-    if delta is None:
-        return ""
-    if high is not None and high < 0:
-        return "background:#d4f4d4"
-    if low is not None and low > 0:
-        return "background:#f8d0d0"
-    return "background:#f6f6dc"
-
-
-def to_html(all_tables: list[dict]) -> str:
+def to_html(all_tables: list[dict], changes: list[dict]) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>indictune leaderboard</title>"
              f"<style>{_STYLE}</style></head><body><h1>Leaderboard</h1>",
-             "<p>Lower is better. Cells: score, change vs base and its 95% paired bootstrap interval; "
-             "green: better beyond the interval, red: worse beyond it. Click a column to sort.</p>"]
+             "<p>Cells: score, change vs base with its 95% paired bootstrap interval (and McNemar's p for right/wrong "
+             "outcomes); green: better beyond the interval, red: worse beyond it. Click a column to sort.</p>"]
+    for change in changes:
+        caption = f"Changes of {change['label']} vs {change['base_label']}"
+        parts.append(f"<h2>{html.escape(caption)}</h2>")
+        if change["english_regressed"]:
+            parts.append("<p class='flag'>English regressed beyond the interval in: "
+                         + html.escape(", ".join(change["english_regressed"])) + "</p>")
+        parts.append("<table><thead><tr><th>task</th><th>metric</th>"
+                     + "".join(f"<th>{html.escape(l)}</th>" for l in change["langs"]) + "</tr></thead><tbody>")
+        for (task, metric), cells in change["grid"].items():
+            parts.append(f"<tr><td>{html.escape(task)}</td><td>{html.escape(metric)}</td>")
+            for lang in change["langs"]:
+                score = cells.get(lang)
+                if score is None:
+                    parts.append("<td>–</td>")
+                    continue
+                text = _cell_text(score).split(" (", 1)[-1].rstrip(")")
+                parts.append(f"<td data-v='{score['delta']}' style='{_cell_style(score)}'>{html.escape(text)}</td>")
+            parts.append("</tr>")
+        parts.append("</tbody></table>")
+        png = base64.b64encode(heatmap_png(change)).decode()
+        parts.append(f"<img alt='{html.escape(caption)}' src='data:image/png;base64,{png}'>")
     for table in all_tables:
-        title = f"{table['task']}: {METRIC_NAMES.get(table['metric'], table['metric'])}"
-        parts.append(f"<h2>{html.escape(title)}</h2><table><thead><tr><th>model</th><th>base</th>")
+        heading = title(table)
+        parts.append(f"<h2>{html.escape(heading)}</h2><table><thead><tr><th>model</th><th>base</th>")
         parts += [f"<th>{html.escape(lang)}</th>" for lang in table["langs"]]
         parts.append("</tr></thead><tbody>")
         for row in table["rows"]:
@@ -148,14 +275,13 @@ def to_html(all_tables: list[dict]) -> str:
                 if score is None:
                     parts.append("<td>–</td>")
                     continue
-                style = _heat(score.get("delta"), score.get("delta_low"), score.get("delta_high"))
                 sub = _cell_text(score)[len(f"{score['value']:.3f}"):]
-                parts.append(f"<td data-v='{score['value']}' style='{style}'>{score['value']:.3f}"
+                parts.append(f"<td data-v='{score['value']}' style='{_cell_style(score)}'>{score['value']:.3f}"
                              f"<br><small>{html.escape(sub)}</small></td>")
             parts.append("</tr>")
         parts.append("</tbody></table>")
         png = base64.b64encode(chart_png(table)).decode()
-        parts.append(f"<img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>")
+        parts.append(f"<img alt='{html.escape(heading)}' src='data:image/png;base64,{png}'>")
     parts.append(f"<script>{_SORT}</script></body></html>")
     return "".join(parts)
 
@@ -165,9 +291,12 @@ def render(config: LeaderboardConfig) -> list[dict]:
     if not runs:
         raise SystemExit(f"error: {config.db} holds no evaluation yet; run scripts/evaluate.py first")
     all_tables = tables(runs, config.metrics)
+    changes = candidates(runs)
     out = Path(config.out)
-    atomic_write_text(out / "leaderboard.md", to_markdown(all_tables))
-    atomic_write_text(out / "leaderboard.html", to_html(all_tables))
+    atomic_write_text(out / "leaderboard.md", to_markdown(all_tables, changes))
+    atomic_write_text(out / "leaderboard.html", to_html(all_tables, changes))
     for table in all_tables:
         (out / f"{table['task']}-{table['metric']}.png").write_bytes(chart_png(table))
+    for change in changes:
+        (out / f"changes-{store.slug(change['label'])}.png").write_bytes(heatmap_png(change))
     return all_tables

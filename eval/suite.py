@@ -1,51 +1,68 @@
 """Score a checkpoint and its base on the same tasks, say how they differ, and record both on the leaderboard.
 
-``--model M --adapter A [--adapter B ...]``: the base is M, the candidates are M with each adapter.
-``--model C --base B``: a full checkpoint C against its base B.  ``--model M`` alone: M is scored.
-Each candidate's delta to the base comes with a 95% paired bootstrap interval over the text chunks.
+``--model M --adapter A [--adapter B ...]``: the base is M, loaded once; each adapter is swapped onto it
+(nothing merged, nothing written). ``--model C --base B``: a full checkpoint C against its base B.
+``--model M`` alone: M is scored. Per task and language, each candidate's delta to the base comes with a
+95% paired bootstrap interval and, for right/wrong outcomes, McNemar's exact p.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
-from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from data import languages
 from data.io import atomic_write_text
-from data.recipe import field
-from eval import store
-from eval.metrics import bits_per_unit, paired_bootstrap_delta
-from eval.scoring import text_nll
-from eval.tasks import Task, chunks, load_task
+from data.recipe import field, to_dict
+from eval import cache, store
+from eval.metrics import (bits_per_unit, choice_correct, chrf_from_statistics, chrf_statistics, exact_match, mcnemar_p,
+                          mean_delta, paired_bootstrap, paired_bootstrap_delta, token_f1)
+from eval.scoring import choice_loglikelihoods, generate, text_nll
+from eval.tasks import MissingTaskData, Task, chunks, load_task
 from training.lineage import code_commit, tokenizer_hash
 
 
 @dataclass
+class TaskRun:
+    task: str = field(help="task name (eval/tasks/<name>.yaml) or path to a task YAML file")
+    languages: list[str] | None = field(None, help="default: the suite's languages, else the task's own")
+    shots: int = field(0, help="worked examples before each question")
+    limit: int | None = field(None, help="score only the first N items per language")
+
+
+@dataclass
 class EvalConfig:
-    tasks: list[str] = field(help="task names (eval/tasks/<name>.yaml) or paths to task YAML files")
+    tasks: list[TaskRun | str] = field(help="task names, or {task, languages, shots, limit}")
     model: str = field(help="model id or folder; the base when adapters are given")
     languages: list[str] | None = field(None, help="restrict to these languages (default: each task's own)")
     adapter: list[str] = field(default_factory=list, help="adapter folders to score on top of the model")
     base: str | None = field(None, help="a separate base model to compare a full checkpoint with")
-    output_dir: str = field("runs/eval", help="results.json goes here")
+    output_dir: str = field("runs/eval", help="results.json and per-item samples go here")
     db: str = field("runs/leaderboard.sqlite", help="the leaderboard store")
     batch_size: int = 8
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = field("auto", help="auto: bf16 on GPU, fp32 on CPU")
     device: str | None = field(None, help="default: cuda if available, else cpu")
     trust_remote_code: bool = field(False, help="allow custom model code from the model's repository")
+    missing_data: Literal["error", "skip"] = field(
+        "error", help="a task with no local data and no hub access: stop, or skip it and report it")
+    share_context: bool = field(True, help="run a question's context once for all its choices")
+    use_cache: bool = field(True, help="reuse results cached under the same weights, tokenizer and task")
     bootstrap_samples: int = 1000
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.adapter and self.base:
             raise ValueError("give --adapter (the base is --model) or --base (for a full checkpoint), not both")
+        self.tasks = [TaskRun(t) if isinstance(t, str) else TaskRun(**t) if isinstance(t, dict) else t for t in self.tasks]
 
 
 @dataclass
@@ -53,6 +70,7 @@ class Variant:
     label: str
     model: str
     adapter: str | None = None
+    adapter_name: str | None = None  # its name inside the PeftModel that holds every adapter
 
 
 def _dtype(config: EvalConfig, device: str) -> torch.dtype:
@@ -61,103 +79,225 @@ def _dtype(config: EvalConfig, device: str) -> torch.dtype:
     return torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
 
 
-def load_variant(variant: Variant, config: EvalConfig, device: str):
-    tokenizer = AutoTokenizer.from_pretrained(variant.adapter or variant.model, trust_remote_code=config.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
-        variant.model, dtype=_dtype(config, device), use_safetensors=True, trust_remote_code=config.trust_remote_code
-    )
-    if variant.adapter:
-        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:  # an adapter trained with new tokens
-            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        model = PeftModel.from_pretrained(model, variant.adapter)
-    return model.to(device).eval(), tokenizer
-
-
-def _lineage(variant: Variant) -> dict | None:
-    path = Path(variant.adapter or variant.model) / "lineage.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def plan(config: EvalConfig) -> tuple[Variant | None, list[Variant]]:
     if config.adapter:
-        return Variant(config.model, config.model), [Variant(f"{config.model} + {a}", config.model, a) for a in config.adapter]
+        candidates = [Variant(f"{config.model} + {a}", config.model, a, f"adapter{i}") for i, a in enumerate(config.adapter)]
+        return Variant(config.model, config.model), candidates
     if config.base:
         return Variant(config.base, config.base), [Variant(config.model, config.model)]
     return None, [Variant(config.model, config.model)]
 
 
-def score_variant(variant: Variant, tasks: list[tuple[Task, list[str]]], config: EvalConfig,
-                  device: str) -> tuple[str, dict]:
-    """The tokenizer's hash, and per (task, lang) the chunks' nll, characters, bytes, tokens and words."""
-    model, tokenizer = load_variant(variant, config, device)
-    scored = {}
-    for task, langs in tasks:
-        for lang in langs:
-            pieces = chunks(task.texts(lang), task.chunk_bytes)
-            nll = text_nll(model, tokenizer, pieces, config.batch_size, desc=f"{variant.label} {task.name} {lang}")
-            scored[task.name, lang] = {
-                "nll": [n for n, _ in nll],
-                "chars": [len(p) for p in pieces],
-                "bytes": [len(p.encode("utf-8")) for p in pieces],
-                "tokens": sum(t for _, t in nll),
-                "words": sum(len(p.split()) for p in pieces),
-            }
-    return tokenizer_hash(tokenizer), scored
+class Loaded:
+    """A model with its variants' tokenizers; the base once, with every adapter attached to it."""
+
+    def __init__(self, model_path: str, adapters: list[Variant], config: EvalConfig, device: str):
+        kwargs = {"trust_remote_code": config.trust_remote_code}
+        self.tokenizers = {None: AutoTokenizer.from_pretrained(model_path, **kwargs)}
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=_dtype(config, device), use_safetensors=True, **kwargs)
+        self.base_rows = model.get_input_embeddings().weight.shape[0]
+        for variant in adapters:
+            self.tokenizers[variant.adapter_name] = AutoTokenizer.from_pretrained(variant.adapter, **kwargs)
+        rows = max([self.base_rows] + [len(t) for t in self.tokenizers.values()])
+        if rows > self.base_rows:  # adapters trained with new tokens carry those rows; the base never predicts them
+            model.resize_token_embeddings(rows, mean_resizing=False)
+        if adapters:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapters[0].adapter, adapter_name=adapters[0].adapter_name)
+            for variant in adapters[1:]:
+                model.load_adapter(variant.adapter, adapter_name=variant.adapter_name)
+        self.model = model.to(device).eval()
+
+    def use(self, variant: Variant):
+        """Context in which ``self.model`` computes as ``variant``; its tokenizer; its vocabulary size."""
+        tokenizer = self.tokenizers[variant.adapter_name]
+        if variant.adapter_name is None:
+            context = self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else nullcontext()
+            return context, tokenizer, self.base_rows
+        self.model.set_adapter(variant.adapter_name)
+        return nullcontext(), tokenizer, max(self.base_rows, len(tokenizer))
 
 
-def scores_for(scored: dict, base: dict | None, config: EvalConfig) -> list[dict]:
+def score_task(model, tokenizer, vocab_size: int, task: Task, items, config: EvalConfig, desc: str) -> dict:
+    """Per-item results of one task in one language: what the summaries and paired tests need."""
+    if task.type == "language_modeling":
+        nll = text_nll(model, tokenizer, items, config.batch_size, desc, vocab_size)
+        return {"nll": [n for n, _ in nll], "chars": [len(p) for p in items], "bytes": [len(p.encode()) for p in items],
+                "tokens": sum(t for _, t in nll), "words": sum(len(p.split()) for p in items)}
+    ids = [item["id"] for item in items]
+    if task.type == "multiple_choice":
+        questions = [(item["context"], [task.target_delimiter + c for c in item["choices"]]) for item in items]
+        scores = choice_loglikelihoods(model, tokenizer, questions, config.batch_size, vocab_size,
+                                       config.share_context, desc)
+        return {"ids": ids, "loglikelihoods": scores, "gold": [item["gold"] for item in items],
+                "choice_bytes": [[len(c.encode()) for c in item["choices"]] for item in items]}
+    prompts = [item["context"] + task.target_delimiter.rstrip(" ") for item in items]
+    predictions = generate(model, tokenizer, prompts, task.max_new_tokens, task.stop, config.batch_size, vocab_size, desc)
+    return {"ids": ids, "predictions": predictions, "references": [item["references"] for item in items]}
+
+
+def summarize(task: Task, lang: str, result: dict, base: dict | None, config: EvalConfig) -> list[dict]:
+    """Score rows (task, lang, metric, value, n, and against a base: delta, interval, p)."""
+    samples, seed = config.bootstrap_samples, config.seed
     rows = []
-    for key, s in scored.items():
-        task, lang = key
-        n = len(s["chars"])
-        for metric, units in (("bits_per_character", "chars"), ("bits_per_byte", "bytes")):
-            row = {"task": task, "lang": lang, "metric": metric, "value": bits_per_unit(s["nll"], s[units]), "n": n}
-            if base is not None:
-                delta, low, high = paired_bootstrap_delta(
-                    base[key]["nll"], s["nll"], s[units], config.bootstrap_samples, config.seed
-                )
-                row.update(delta=delta, delta_low=low, delta_high=high)
-            rows.append(row)
-        fertility = s["tokens"] / s["words"]
-        row = {"task": task, "lang": lang, "metric": "tokens_per_word", "value": fertility, "n": s["words"]}
-        if base is not None:
-            row["delta"] = fertility - base[key]["tokens"] / base[key]["words"]
+
+    def add(metric: str, value: float, n: int, compare=None, p_value=None, detail=None):
+        row = {"task": task.name, "lang": lang, "metric": metric, "value": float(value), "n": n, "origin": task.origin,
+               "detail": detail}
+        if compare:
+            delta, low, high = compare()
+            row.update(delta=delta, delta_low=low, delta_high=high, p_value=p_value)
         rows.append(row)
+
+    if base is not None and base.get("ids", base.get("chars")) != result.get("ids", result.get("chars")):
+        base = None  # not the same items: no paired comparison
+    paired = base is not None
+    if task.type == "language_modeling":
+        n = len(result["chars"])
+        for metric, units in (("bits_per_character", "chars"), ("bits_per_byte", "bytes")):
+            add(metric, bits_per_unit(result["nll"], result[units]), n,
+                paired and (lambda u=units: paired_bootstrap_delta(base["nll"], result["nll"], result[u], samples, seed)))
+        fertility = result["tokens"] / result["words"]
+        add("tokens_per_word", fertility, result["words"],
+            paired and (lambda: (fertility - base["tokens"] / base["words"], None, None)))
+    elif task.type == "multiple_choice":
+        for metric, lengths in (("accuracy", None), ("accuracy_bytes", "choice_bytes")):
+            def correct(r: dict, lengths=lengths) -> list[bool]:
+                return choice_correct(r["loglikelihoods"], r["gold"], r[lengths] if lengths else None)
+
+            now = correct(result)
+            before = correct(base) if paired else None
+            add(metric, 100 * np.mean(now), len(now),
+                paired and (lambda b=before, c=now: mean_delta([100.0 * x for x in b], [100.0 * x for x in c], samples, seed)),
+                mcnemar_p(before, now) if paired else None)
+    elif task.metric == "chrf":
+        stats, signature = chrf_statistics(result["predictions"], result["references"])
+        base_stats = chrf_statistics(base["predictions"], base["references"])[0] if paired else None
+        add("chrf++", chrf_from_statistics(np.asarray(stats).sum(0))[0], len(stats),
+            paired and (lambda: paired_bootstrap(chrf_from_statistics, np.asarray(base_stats), np.asarray(stats),
+                                                 samples, seed)),
+            detail=signature)
+    else:
+        for metric, fn in (("exact_match", exact_match), ("f1", token_f1)):
+            def per_item(r: dict, fn=fn) -> list[float]:
+                return [100 * fn(p, refs, lang) for p, refs in zip(r["predictions"], r["references"])]
+
+            now = per_item(result)
+            before = per_item(base) if paired else None
+            p_value = mcnemar_p([x == 100 for x in before], [x == 100 for x in now]) if paired and metric == "exact_match" else None
+            add(metric, np.mean(now), len(now), paired and (lambda b=before, v=now: mean_delta(b, v, samples, seed)), p_value)
     return rows
+
+
+def resolve_tasks(config: EvalConfig) -> list[tuple[Task, str, TaskRun]]:
+    wanted = []
+    for run in config.tasks:
+        task = load_task(run.task)
+        codes = [languages.get(code).code for code in (run.languages or config.languages or task.languages)]
+        wanted += [(task, code, run) for code in codes if code in task.languages]
+    return wanted
 
 
 def evaluate(config: EvalConfig) -> dict:
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tasks = []
-    for name in config.tasks:
-        task = load_task(name)
-        wanted = [languages.get(code).code for code in (config.languages or task.languages)]
-        tasks.append((task, [code for code in wanted if code in task.languages]))
     base, candidates = plan(config)
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
-    def run_record(variant: Variant, result: tuple[str, dict], compare_to: dict | None) -> dict:
-        tokenizer_sha256, scored = result
+    # Items first: a missing dataset fails (or is skipped) before any model is loaded.
+    prepared, skipped, rejected = [], [], {}
+    for task, lang, run in resolve_tasks(config):
+        try:
+            if task.type == "language_modeling":
+                items, reasons = chunks(task.texts(lang), task.chunk_bytes), Counter()
+            else:
+                items, reasons = task.items(lang, run.shots, run.limit, config.seed)
+        except MissingTaskData as err:
+            if config.missing_data == "error":
+                raise
+            skipped.append({"task": task.name, "lang": lang, "reason": str(err)})
+            continue
+        if run.limit is not None and task.type == "language_modeling":
+            items = items[: run.limit]
+        prepared.append((task, lang, run, items))
+        rejected[f"{task.name}/{lang}"] = dict(reasons)
+    if not prepared:
+        raise SystemExit("error: no task has data here: " + "; ".join(s["reason"] for s in skipped))
+
+    results: dict[str, dict] = {}
+    groups = [[base, *candidates]] if config.adapter else [[v] for v in ([base] if base else []) + candidates]
+    for group in groups:
+        loaded = Loaded(group[0].model, [v for v in group if v.adapter], config, device)
+        for variant in group:
+            results[variant.label] = _score_variant(loaded, variant, prepared, config, device)
+        del loaded
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+    def run_record(variant: Variant, compare_to: Variant | None) -> dict:
+        scored = results[variant.label]
+        rows = []
+        for task, lang, run, _ in prepared:
+            key = f"{task.name}/{lang}/{run.shots}"
+            against = results[compare_to.label]["tasks"][key] if compare_to else None
+            for row in summarize(task, lang, scored["tasks"][key], against, config):
+                rows.append({**row, "shots": run.shots})
         return {
-            "created": created,
-            "label": variant.label,
-            "model": variant.model,
-            "adapter": variant.adapter,
-            "base_label": base.label if compare_to is not None else None,
-            "suite": ",".join(config.tasks),
-            "tokenizer_sha256": tokenizer_sha256,
-            "code_commit": code_commit(),
-            "lineage": _lineage(variant),
-            "scores": scores_for(scored, compare_to, config),
+            "created": created, "label": variant.label, "model": variant.model, "adapter": variant.adapter,
+            "base_label": compare_to.label if compare_to else None,
+            "suite": ",".join(run.task for run in config.tasks),
+            "tokenizer_sha256": scored["tokenizer_sha256"], "weights_sha256": scored["weights_sha256"],
+            "adapter_sha256": scored["adapter_sha256"], "dtype": str(_dtype(config, device)).removeprefix("torch."),
+            "code_commit": code_commit(), "recipe": json.loads(json.dumps(to_dict(config), default=str)),
+            "lineage": _lineage(variant), "scores": rows,
         }
 
-    base_result = score_variant(base, tasks, config, device) if base else None
-    runs = [run_record(base, base_result, None)] if base else []
-    for candidate in candidates:
-        runs.append(run_record(candidate, score_variant(candidate, tasks, config, device),
-                               base_result[1] if base_result else None))
+    runs = ([run_record(base, None)] if base else []) + [run_record(c, base) for c in candidates]
     for run in runs:
         store.add_run(config.db, {k: v for k, v in run.items() if k != "scores"}, run["scores"])
-    results = {"config": vars(config), "runs": runs}
-    atomic_write_text(Path(config.output_dir) / "results.json", json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    return results
+        _write_samples(Path(config.output_dir) / "samples" / store.slug(run["label"]), results[run["label"]]["tasks"])
+    summary = {"config": to_dict(config), "runs": runs, "skipped": skipped, "rejected": rejected}
+    atomic_write_text(Path(config.output_dir) / "results.json",
+                      json.dumps(summary, indent=2, ensure_ascii=False, default=str) + "\n")
+    return summary
+
+
+def _score_variant(loaded: Loaded, variant: Variant, prepared, config: EvalConfig, device: str) -> dict:
+    context, tokenizer, vocab_size = loaded.use(variant)
+    identity = {"weights": cache.weights_sha256(variant.model), "adapter": cache.weights_sha256(variant.adapter),
+                "tokenizer": tokenizer_hash(tokenizer), "dtype": str(_dtype(config, device)),
+                "share_context": config.share_context, "vocab_size": vocab_size}
+    cacheable = identity["weights"] is not None and (variant.adapter is None or identity["adapter"] is not None)
+    tasks = {}
+    with context:
+        for task, lang, run, items in prepared:
+            key = cache.result_key(**identity, task=task.fingerprint, lang=lang, shots=run.shots, limit=run.limit,
+                                   seed=config.seed)
+            result = cache.load(key) if config.use_cache and cacheable else None
+            if result is None:
+                result = score_task(loaded.model, tokenizer, vocab_size, task, items, config,
+                                    desc=f"{variant.label[-40:]} {task.name} {lang}")
+                if cacheable:
+                    cache.save(key, result)
+            tasks[f"{task.name}/{lang}/{run.shots}"] = result
+    return {"tokenizer_sha256": identity["tokenizer"], "weights_sha256": identity["weights"],
+            "adapter_sha256": identity["adapter"], "tasks": tasks}
+
+
+def _write_samples(folder: Path, tasks: dict[str, dict]) -> None:
+    """Per-item outputs as Parquet, one file per task, language and shots, for drill-down and re-analysis."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, result in tasks.items():
+        columns = {k: v for k, v in result.items() if isinstance(v, list)}
+        path = folder / (key.replace("/", ".") + ".parquet")
+        tmp = path.with_name(path.name + ".partial")
+        pq.write_table(pa.table(columns), tmp)
+        tmp.replace(path)
+
+
+def _lineage(variant: Variant) -> dict | None:
+    path = Path(variant.adapter or variant.model) / "lineage.json"
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -18,7 +18,14 @@ def main() -> None:
                 delta = f"  {score['delta']:+.4f}"
                 if score.get("delta_low") is not None:
                     delta += f" [{score['delta_low']:+.4f}, {score['delta_high']:+.4f}]"
+                if score.get("p_value") is not None:
+                    delta += f"  p={score['p_value']:.3g}"
             print(f"  {score['task']:<16} {score['lang']:<4} {score['metric']:<20} {score['value']:.4f}{delta}")
+    for skipped in results["skipped"]:
+        print(f"skipped: {skipped['reason']}")
+    for where, reasons in results["rejected"].items():
+        if reasons:
+            print(f"rejected items in {where}: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
     print(f"results: {config.output_dir}/results.json; leaderboard store: {config.db}")
 
 

@@ -3,13 +3,16 @@
     python scripts/leaderboard.py [--db runs/leaderboard.sqlite] [--out DIR]
 """
 
+from pathlib import Path
+
 from data.recipe import parse_cli
-from eval.leaderboard import LeaderboardConfig, render, to_markdown
+from eval.leaderboard import LeaderboardConfig, render
 
 
 def main() -> None:
     config = parse_cli(LeaderboardConfig, description=__doc__)
-    print(to_markdown(render(config)))
+    render(config)
+    print(Path(config.out, "leaderboard.md").read_text(encoding="utf-8"))
     print(f"leaderboard: {config.out}/leaderboard.md, {config.out}/leaderboard.html")
 
 

@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "data" / "sample"
 # Packed training data is cached under $INDICTUNE_CACHE; tests (and the processes they start) use their own.
 os.environ["INDICTUNE_CACHE"] = tempfile.mkdtemp(prefix="indictune-cache-")
+os.environ["HF_HUB_OFFLINE"] = "1"  # as on a cluster node: nothing is fetched, every dataset is local
 
 
 def shared_data_dir() -> Path:
@@ -97,7 +98,7 @@ def byte_level_tokenizer_dirs(prepared_sample, tmp_path_factory) -> tuple[Path, 
     return out / "byte-level-base", out / "byte-level-extended"
 
 
-def tiny_llama(vocab_size: int, tie: bool = False, seed: int = 0):
+def tiny_llama(vocab_size: int, tie: bool = False, seed: int = 0, positions: int = 512):
     """A two-layer Llama-architecture model, randomly initialised."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -105,7 +106,7 @@ def tiny_llama(vocab_size: int, tie: bool = False, seed: int = 0):
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2,
+        num_key_value_heads=2, max_position_embeddings=positions, tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2,
     )
     return LlamaForCausalLM(config).eval()
 

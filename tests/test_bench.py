@@ -33,3 +33,18 @@ def test_bench_train_measures_both_paths_on_a_tiny_model(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert failed.returncode == 1
+
+
+@pytest.mark.slow
+def test_bench_eval_agrees_with_lm_evaluation_harness_and_is_faster(tmp_path, shared_data):
+    out = tmp_path / "eval.json"
+    result = subprocess.run(
+        [sys.executable, "scripts/bench_eval.py", "--task", "indicnews", "--lang", "hi", "--limit", "24",
+         "--batch_size", "8", "--output", str(out), "--check", "true"],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["questions"] == 24 and figures["choices"] == 24 * 11
+    assert figures["max_abs_loglikelihood_difference"] <= 1e-4 and figures["same_argmax"] == 1.0
+    assert figures["speedup"] >= 2

@@ -1,5 +1,6 @@
 """Evaluation: chunking, log-likelihood scoring, metrics and intervals, the store and the leaderboard."""
 
+import json
 import math
 import multiprocessing
 from pathlib import Path
@@ -40,7 +41,7 @@ def test_tasks_load_by_name_and_fail_with_the_path_to_set():
     assert flores.path("hi").name == "hin_Deva.dev"
     missing = load_task("sample-heldout")
     missing.data.path = "/nowhere/{lang}.txt"
-    with pytest.raises(FileNotFoundError, match="task sample-heldout: no data for hi at /nowhere/hi.txt"):
+    with pytest.raises(FileNotFoundError, match=r"task sample-heldout \(hi\): no local copy at /nowhere/hi.txt"):
         missing.texts("hi")
 
 
@@ -125,3 +126,139 @@ def test_english_regression_is_flagged_only_beyond_the_interval():
     row["cells"]["en"]["delta_low"] = -0.01
     assert not leaderboard.english_regressed(row)
     assert not leaderboard.english_regressed({"cells": {}})
+
+
+# ---- multiple choice, generation, adapters and the result cache ------------------------------------------
+
+@pytest.fixture(scope="module")
+def long_base_dir(base_tokenizer_dir, tmp_path_factory):
+    """A tiny random Llama with room for FLORES paragraphs and few-shot prompts."""
+    tokenizer = AutoTokenizer.from_pretrained(base_tokenizer_dir)
+    out = tmp_path_factory.mktemp("models") / "tiny-long"
+    tiny_llama(len(tokenizer), positions=4096).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def lora_adapter(base_dir, out, seed):
+    """A LoRA adapter whose weights are not zero, so it changes the model's answers."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
+                           LoraConfig(r=4, lora_alpha=32, target_modules="all-linear", init_lora_weights=False))
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(out)
+    return out
+
+
+def test_choices_scored_on_a_shared_context_equal_whole_sequences(long_base_dir):
+    from transformers import AutoModelForCausalLM
+
+    from eval.scoring import choice_loglikelihoods, encode_pair
+
+    tokenizer = AutoTokenizer.from_pretrained(long_base_dir)
+    model = AutoModelForCausalLM.from_pretrained(long_base_dir).eval()
+    questions = [("राम घर गया क्योंकि ", ["वह थक गया था।", "बारिश"]),
+                 ("Question: who?\nAnswer:", [" a", " the long answer here", " b c"]),
+                 ("बहुत लंबा संदर्भ " * 20, [" हाँ", " नहीं बिलकुल नहीं"])]
+    shared = choice_loglikelihoods(model, tokenizer, questions, batch_size=2)
+    whole = choice_loglikelihoods(model, tokenizer, questions, batch_size=3, share_context=False)
+    for context, continuations in questions[:1]:
+        for c, got in zip(continuations, shared[0]):
+            ctx, cont = encode_pair(tokenizer, context, c)
+            ids = torch.tensor([ctx + cont])
+            with torch.no_grad():
+                logprobs = F.log_softmax(model(ids).logits[0, :-1].float(), -1)
+            direct = logprobs[len(ctx) - 1 :].gather(-1, ids[0, len(ctx) :, None]).sum().item()
+            assert got == pytest.approx(direct, abs=1e-4)
+    assert [len(s) for s in shared] == [2, 3, 2]
+    assert all(a == pytest.approx(b, abs=1e-4) for s, w in zip(shared, whole) for a, b in zip(s, w))
+
+
+def write_copa(folder, n=12):
+    rows = [{"premise": f"वाक्य {i} हुआ।", "choice1": f"पहला उत्तर {i}", "choice2": f"दूसरा {i}",
+             "question": "cause" if i % 2 else "effect", "label": i % 2} for i in range(n)]
+    (folder / "indiccopa").mkdir(parents=True, exist_ok=True)
+    for lang in ("hi", "ta"):
+        (folder / "indiccopa" / f"{lang}.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows))
+
+
+def test_adapters_swap_on_one_base_and_match_single_runs(tmp_path, long_base_dir, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    write_copa(tmp_path / "eval-data")
+    monkeypatch.setenv("INDICTUNE_EVAL_DATA", str(tmp_path / "eval-data"))
+    first, second = lora_adapter(long_base_dir, tmp_path / "a1", 1), lora_adapter(long_base_dir, tmp_path / "a2", 2)
+    loads = []
+    original = AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **k: loads.append(a[0]) or original(*a, **k))
+
+    def run(adapters, name):
+        return evaluate(EvalConfig(tasks=["sample-heldout", {"task": "indiccopa", "shots": 1}], languages=["hi", "ta"],
+                                   model=str(long_base_dir), adapter=[str(a) for a in adapters], use_cache=False,
+                                   output_dir=str(tmp_path / name), db=str(tmp_path / "lb.sqlite"), bootstrap_samples=100))
+
+    both = run([first, second], "both")
+    assert loads == [str(long_base_dir)]  # the base once, both adapters on it
+    base_run, with_first, with_second = both["runs"]
+    assert with_first["base_label"] == base_run["label"] and with_first["adapter_sha256"] != with_second["adapter_sha256"]
+    alone = run([second], "alone")["runs"]
+    for solo, together in ((alone[0], base_run), (alone[1], with_second)):
+        assert [(s["task"], s["lang"], s["metric"]) for s in solo["scores"]] == \
+               [(s["task"], s["lang"], s["metric"]) for s in together["scores"]]
+        for a, b in zip(solo["scores"], together["scores"]):
+            assert a["value"] == pytest.approx(b["value"], abs=1e-6)
+    bpc = lambda run: [s["value"] for s in run["scores"] if s["metric"] == "bits_per_character"]
+    assert bpc(with_first) != bpc(base_run)  # the adapter is really applied
+    accuracy = [s for s in with_first["scores"] if s["metric"] == "accuracy"]
+    assert accuracy and all(0 <= s["p_value"] <= 1 and s["delta_low"] <= s["delta"] <= s["delta_high"] for s in accuracy)
+    assert (tmp_path / "both" / "samples").is_dir()
+
+
+def test_cached_results_are_reused_until_the_weights_change(tmp_path, long_base_dir, monkeypatch):
+    import shutil
+
+    from eval import suite
+
+    model_dir = tmp_path / "checkpoint"
+    shutil.copytree(long_base_dir, model_dir)
+    config = EvalConfig(tasks=["sample-heldout"], languages=["hi"], model=str(model_dir),
+                        output_dir=str(tmp_path / "eval"), db=str(tmp_path / "lb.sqlite"))
+    first = evaluate(config)["runs"][0]
+    scored = []
+    original = suite.score_task
+    monkeypatch.setattr(suite, "score_task", lambda *a, **k: scored.append(1) or original(*a, **k))
+    again = evaluate(config)["runs"][0]
+    assert scored == [] and again["scores"] == first["scores"]  # served from the cache
+    # The folder is overwritten by a new training run: new weights, new key, fresh scores.
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tiny_llama(len(tokenizer), seed=7, positions=4096).save_pretrained(model_dir)
+    retrained = evaluate(config)["runs"][0]
+    assert scored == [1] and retrained["weights_sha256"] != first["weights_sha256"]
+    assert retrained["scores"][0]["value"] != first["scores"][0]["value"]
+
+
+def test_offline_suite_skips_what_is_missing_and_the_page_lists_the_runs(tmp_path, long_base_dir, monkeypatch):
+    monkeypatch.setenv("INDICTUNE_EVAL_DATA", str(tmp_path / "empty"))
+    config = EvalConfig(tasks=["sample-heldout", "indiccopa"], languages=["hi", "en"], model=str(long_base_dir),
+                        base=str(long_base_dir), output_dir=str(tmp_path / "eval"), db=str(tmp_path / "lb.sqlite"),
+                        bootstrap_samples=100)
+    with pytest.raises(Exception, match=r"task indiccopa \(hi\): no local copy"):
+        evaluate(config)
+    config.missing_data = "skip"
+    results = evaluate(config)
+    assert [s["task"] for s in results["skipped"]] == ["indiccopa"]  # indiccopa has no English
+    out = tmp_path / "board"
+    leaderboard.render(leaderboard.LeaderboardConfig(db=config.db, out=str(out)))
+    page = (out / "leaderboard.html").read_text()
+    for run in store.latest_runs(config.db):
+        assert html_escape(run["label"]) in page
+    assert "Changes of" in page and (out / f"changes-{store.slug(results['runs'][1]['label'])}.png").is_file()
+
+
+def html_escape(text):
+    import html
+
+    return html.escape(text)

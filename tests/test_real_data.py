@@ -270,3 +270,36 @@ def test_extend_the_llama3_tiktoken_tokenizer(shared_data, tmp_path):
     bengali = sum(any("\u0980" <= c <= "\u09ff" for c in t) for t in texts)
     assert per_language["added_tokens"] == len(tokens) and tamil > 500 and bengali > 500
     assert not any("\u0900" <= c <= "\u097f" for t in texts for c in t)  # no Hindi asked for, none added
+
+
+def test_offline_suite_on_real_data_flores_xquad_and_indicnews(shared_data, tmp_path, base_tokenizer_dir):
+    """FLORES bits per byte and chrF++, XQuAD Hindi as extractive QA and IndicNews as classification,
+    a tiny model against itself: every score is there, every delta is zero."""
+    from eval.suite import EvalConfig, evaluate
+    from tests.conftest import tiny_llama
+
+    tokenizer = AutoTokenizer.from_pretrained(base_tokenizer_dir)
+    model_dir = tmp_path / "tiny"
+    tiny_llama(len(tokenizer), positions=16384).save_pretrained(model_dir)  # its tiny vocabulary needs many tokens
+    tokenizer.save_pretrained(model_dir)
+    tasks = [{"task": "flores-dev", "languages": ["hi", "en"], "limit": 30},
+             {"task": "flores-en-xx", "languages": ["hi"], "shots": 1, "limit": 4},
+             {"task": "xquad", "languages": ["hi"], "limit": 4},
+             {"task": "indicnews", "languages": ["mr"], "limit": 24}]
+    results = evaluate(EvalConfig(tasks=tasks, model=str(model_dir), base=str(model_dir), bootstrap_samples=100,
+                                  output_dir=str(tmp_path / "eval"), db=str(tmp_path / "lb.sqlite")))
+    scores = {(s["task"], s["lang"], s["metric"]): s for s in results["runs"][1]["scores"]}
+    assert set(scores) >= {("flores-dev", "hi", "bits_per_byte"), ("flores-dev", "en", "bits_per_character"),
+                           ("flores-en-xx", "hi", "chrf++"), ("xquad", "hi", "exact_match"), ("xquad", "hi", "f1"),
+                           ("indicnews", "mr", "accuracy"), ("indicnews", "mr", "accuracy_bytes")}
+    assert all(s["delta"] == pytest.approx(0, abs=1e-9) for s in scores.values())
+    assert scores["flores-en-xx", "hi", "chrf++"]["detail"].startswith("nrefs:1|case:mixed|eff:yes|nc:6|nw:2")
+    assert scores["indicnews", "mr", "accuracy"]["n"] == 24 and scores["xquad", "hi", "f1"]["n"] == 4
+    assert results["rejected"]["indicnews/mr"] == {"repeated_header": 11}  # the upstream CSV repeats its header
+
+
+def test_real_task_files_read_whole(shared_data):
+    xquad, _ = load_task("xquad").items("hi")
+    assert len(xquad) == 1190 and all(item["references"] for item in xquad)
+    news, rejected = load_task("indicnews").items("hi")
+    assert len(news) == 3836 - sum(rejected.values()) and len(news[0]["choices"]) == 11
