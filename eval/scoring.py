@@ -190,6 +190,6 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, stop: li
         for r, i in enumerate(rows):
             text = tokenizer.decode(output[r, width:], skip_special_tokens=True)
             for s in stop:
-                text = text.split(s)[0] if s in text else text
+                text = text.split(s)[0]
             results[i] = text.strip()
     return results

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 from collections import Counter
 from contextlib import nullcontext
@@ -219,7 +220,7 @@ def evaluate(config: EvalConfig) -> dict:
             continue
         if run.limit is not None and task.type == "language_modeling":
             items = items[: run.limit]
-        prepared.append((task, lang, run, items))
+        prepared.append((_entry_key(task, lang, run), task, lang, run, items))
         rejected[f"{task.name}/{lang}"] = dict(reasons)
     if not prepared:
         raise SystemExit("error: no task has data here: " + "; ".join(s["reason"] for s in skipped))
@@ -237,8 +238,7 @@ def evaluate(config: EvalConfig) -> dict:
     def run_record(variant: Variant, compare_to: Variant | None) -> dict:
         scored = results[variant.label]
         rows = []
-        for task, lang, run, _ in prepared:
-            key = f"{task.name}/{lang}/{run.shots}"
+        for key, task, lang, run, _ in prepared:
             against = results[compare_to.label]["tasks"][key] if compare_to else None
             for row in summarize(task, lang, scored["tasks"][key], against, config):
                 rows.append({**row, "shots": run.shots})
@@ -270,18 +270,25 @@ def _score_variant(loaded: Loaded, variant: Variant, prepared, config: EvalConfi
     cacheable = identity["weights"] is not None and (variant.adapter is None or identity["adapter"] is not None)
     tasks = {}
     with context:
-        for task, lang, run, items in prepared:
-            key = cache.result_key(**identity, task=task.fingerprint, lang=lang, shots=run.shots, limit=run.limit,
-                                   seed=config.seed)
-            result = cache.load(key) if config.use_cache and cacheable else None
+        for key, task, lang, _, items in prepared:
+            # The task's definition and the very items scored: a changed data file is never served stale results.
+            definition = {k: v for k, v in to_dict(task).items() if k != "source"}
+            content = hashlib.sha256(json.dumps([definition, items], sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+            cache_key = cache.result_key(**identity, task=content)
+            result = cache.load(cache_key) if config.use_cache and cacheable else None
             if result is None:
                 result = score_task(loaded.model, tokenizer, vocab_size, task, items, config,
                                     desc=f"{variant.label[-40:]} {task.name} {lang}")
                 if cacheable:
-                    cache.save(key, result)
-            tasks[f"{task.name}/{lang}/{run.shots}"] = result
+                    cache.save(cache_key, result)
+            tasks[key] = result
     return {"tokenizer_sha256": identity["tokenizer"], "weights_sha256": identity["weights"],
             "adapter_sha256": identity["adapter"], "tasks": tasks}
+
+
+def _entry_key(task: Task, lang: str, run: TaskRun) -> str:
+    """One task × language × shots × limit of a suite; also the name of its samples file."""
+    return f"{task.name}/{lang}/{run.shots}" + (f"/{run.limit}" if run.limit is not None else "")
 
 
 def _write_samples(folder: Path, tasks: dict[str, dict]) -> None:

@@ -19,12 +19,12 @@ default ``eval-data``: where local copies of Hugging Face datasets live).
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import random
 from collections import Counter
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -78,6 +78,7 @@ class Task:
     metric: Literal["bits", "accuracy", "chrf", "squad"] = field("bits", help="chrf: chrF++; squad: exact match and F1")
     max_new_tokens: int = 48
     stop: list[str] = field(default_factory=lambda: ["\n"], help="generation ends at the first of these")
+    source: str = dataclass_field(default="", init=False, compare=False)  # the YAML file it was read from
 
     def __post_init__(self) -> None:
         expected = {"language_modeling": {"bits"}, "multiple_choice": {"accuracy"}, "generation": {"chrf", "squad"}}
@@ -90,12 +91,7 @@ class Task:
 
     @property
     def file(self) -> Path:
-        return TASKS_DIR / f"{self.name}.yaml"
-
-    @property
-    def fingerprint(self) -> str:
-        """Changes whenever the task's definition does (part of the result cache key)."""
-        return hashlib.sha256(json.dumps(_plain(self), sort_keys=True).encode()).hexdigest()[:16]
+        return Path(self.source) if self.source else TASKS_DIR / f"{self.name}.yaml"
 
     # ---- data -------------------------------------------------------------------------------------
 
@@ -249,12 +245,6 @@ def _reason(err: Exception) -> str:
     return f"bad_record:{type(err).__name__}"
 
 
-def _plain(obj: Any) -> Any:
-    from dataclasses import asdict, is_dataclass
-
-    return asdict(obj) if is_dataclass(obj) else obj
-
-
 def _offline() -> bool:
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
@@ -336,7 +326,9 @@ def load_task(name_or_path: str) -> Task:
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in TASKS_DIR.glob("*.yaml")))
         raise RecipeError(f"unknown task {name_or_path!r}; tasks in {TASKS_DIR}: {known}")
-    return build(Task, read_yaml(path), str(path))
+    task = build(Task, read_yaml(path), str(path))
+    task.source = str(path)
+    return task
 
 
 def chunks(paragraphs: list[str], max_bytes: int) -> list[str]:

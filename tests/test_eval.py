@@ -262,3 +262,22 @@ def html_escape(text):
     import html
 
     return html.escape(text)
+
+
+def test_cached_results_are_not_reused_when_the_task_data_changes(tmp_path, long_base_dir, monkeypatch):
+    from eval import suite
+
+    text = tmp_path / "hi.txt"
+    text.write_text("पहला अनुच्छेद यहाँ है।\nदूसरा अनुच्छेद।\n")
+    task = tmp_path / "local-text.yaml"
+    task.write_text(f"name: local-text\ndescription: a local file\ndata: {{path: '{tmp_path}/{{lang}}.txt'}}\n"
+                    "languages: [hi]\n")
+    config = EvalConfig(tasks=[str(task)], model=str(long_base_dir), output_dir=str(tmp_path / "eval"),
+                        db=str(tmp_path / "lb.sqlite"))
+    first = evaluate(config)["runs"][0]["scores"]
+    scored = []
+    original = suite.score_task
+    monkeypatch.setattr(suite, "score_task", lambda *a, **k: scored.append(1) or original(*a, **k))
+    assert evaluate(config)["runs"][0]["scores"] == first and scored == []
+    text.write_text("पहला अनुच्छेद बदल गया है।\nदूसरा अनुच्छेद।\n")  # a refreshed local copy of the data
+    assert evaluate(config)["runs"][0]["scores"] != first and scored == [1]
