@@ -107,6 +107,8 @@ def build(cls: type[T], values: dict[str, Any], where: str, prefix: str = "") ->
         if key not in fields:
             raise unknown_key_error(f"{prefix}{key}", fields, where)
         kwargs[key] = _coerce(hints[key], value, where, f"{prefix}{key}")
+        check_range(kwargs[key], fields[key].metadata.get("minimum"), fields[key].metadata.get("maximum"), where,
+                    f"{prefix}{key}")
     missing = [
         name
         for name, f in fields.items()
@@ -223,6 +225,9 @@ def describe(cls: type, prefix: str = "") -> list[str]:
             default = f" (default: {f.default_factory()!r})"
         else:
             default = " (required)"
+        bounds = [f"{name} {f.metadata[name]:g}" for name in ("minimum", "maximum") if f.metadata.get(name) is not None]
+        if bounds:
+            help_text = f"{help_text} ({', '.join(bounds)})".lstrip()
         lines.append(f"  --{prefix}{f.name}{default}  {help_text}".rstrip())
     return lines
 
@@ -247,11 +252,32 @@ def parse_cli(cls: type[T], argv: list[str] | None = None, description: str = ""
         raise SystemExit(f"error: {err}") from None
 
 
-def field(default: Any = dataclasses.MISSING, *, help: str = "", default_factory: Any = dataclasses.MISSING) -> Any:
-    """``dataclasses.field`` with a help text shown by ``--help``."""
+def field(default: Any = dataclasses.MISSING, *, help: str = "", default_factory: Any = dataclasses.MISSING,
+          minimum: float | None = None, maximum: float | None = None) -> Any:
+    """``dataclasses.field`` with a help text shown by ``--help`` and the range a number must lie in
+    (inclusive; checked by :func:`build` for the value and for each number in a list)."""
+    metadata = {"help": help, "minimum": minimum, "maximum": maximum}
     if default_factory is not dataclasses.MISSING:
-        return dataclasses.field(default_factory=default_factory, metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def check_ranges(obj: Any, where: str = "") -> None:
+    """Check every field of a recipe dataclass against its declared range (for objects made in code)."""
+    for f in dataclasses.fields(obj):
+        check_range(getattr(obj, f.name), f.metadata.get("minimum"), f.metadata.get("maximum"),
+                    where or type(obj).__name__, f.name)
+
+
+def check_range(value: Any, minimum: float | None, maximum: float | None, where: str, key: str) -> None:
+    """Raise a RecipeError naming the key and its range when a number (or a number in a list) is outside it."""
+    for number in value if isinstance(value, list) else [value]:
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            continue
+        if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+            low = "" if minimum is None else f"at least {minimum:g}"
+            high = "" if maximum is None else f"at most {maximum:g}"
+            raise RecipeError(f"{where}: '{key}' must be {' and '.join(p for p in (low, high) if p)}, got {number!r}")
 
 
 def to_dict(obj: Any) -> Any:

@@ -1,41 +1,26 @@
 """Results cached under what produced them: the weights, the adapter, the tokenizer and the task.
 
-A checkpoint folder overwritten by a new training run gets new weights, so a new key: its stale
-results are never served. File hashes are remembered by (path, size, modification time) so an 8B
-model is read once, not on every evaluation.
+A checkpoint folder overwritten in any way gets a new key, so its stale results are never served:
+file hashes are content hashes, remembered only while the file's inode, size, mtime and ctime stay
+the same (see data/hashing.py), so an 8B model is read once, not on every evaluation.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from data.hashing import cache_root, folder_sha256
 from data.io import atomic_write_text
 
-# Files whose bytes decide what a model or adapter computes.
-_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "config.json", "adapter_config.json", "generation_config.json")
 # Bump when scoring changes in a way that changes results.
-SCORING_VERSION = "1"
+SCORING_VERSION = "2"
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("INDICTUNE_CACHE") or Path.home() / ".cache" / "indictune"
-    return Path(root) / "eval"
-
-
-def _file_sha256(path: Path, memo: dict[str, str]) -> str:
-    stat = path.stat()
-    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    if key not in memo:
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 24), b""):
-                digest.update(block)
-        memo[key] = digest.hexdigest()
-    return memo[key]
+    return cache_root() / "eval"
 
 
 def local_folder(name_or_path: str) -> Path | None:
@@ -56,21 +41,7 @@ def weights_sha256(name_or_path: str | None) -> str | None:
     if name_or_path is None:
         return None
     folder = local_folder(name_or_path)
-    if folder is None:
-        return None
-    memo_path = cache_dir() / "file-hashes.json"
-    try:
-        memo = json.loads(memo_path.read_text())
-    except (OSError, ValueError):
-        memo = {}
-    files = sorted({p for pattern in _WEIGHT_PATTERNS for p in folder.glob(pattern) if p.is_file()})
-    if not files:
-        return None
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(f"{path.name}:{_file_sha256(path, memo)}\n".encode())
-    atomic_write_text(memo_path, json.dumps(memo))
-    return digest.hexdigest()
+    return folder_sha256(folder) if folder is not None else None
 
 
 def result_key(**parts: Any) -> str:

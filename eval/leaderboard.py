@@ -34,6 +34,10 @@ METRIC_NAMES = {
 LOWER_IS_BETTER = {"bits_per_character", "bits_per_byte", "tokens_per_word"}
 
 
+class LeaderboardError(ValueError):
+    """Nothing to render, with what to run first."""
+
+
 def improvement(score: dict) -> tuple[float | None, float | None]:
     """The interval of the change as 'better' (positive) whatever the metric's direction."""
     if score.get("delta_low") is None:
@@ -62,7 +66,8 @@ def tables(runs: list[dict], metrics: list[str]) -> list[dict]:
     for (task, metric), by_label in sorted(grouped.items(), key=lambda kv: (kv[0][0], metrics.index(kv[0][1]))):
         langs = sorted({lang for cells in by_label.values() for lang in cells}, key=lambda l: (l == "en", l))
         rows = [
-            {"label": run["label"], "base_label": run["base_label"], "cells": by_label[run["label"]]}
+            {"label": run["label"], "base_label": run["base_label"], "cells": by_label[run["label"]],
+             "base_mismatch": run.get("base_mismatch")}
             for run in runs
             if run["label"] in by_label
         ]
@@ -86,18 +91,47 @@ def english_regressed(row: dict) -> bool:
     return better_high is not None and better_high < 0
 
 
+def _delta_text(score: dict) -> str:
+    """The change vs the base with its interval and p, then the items behind the score."""
+    parts = []
+    if score.get("delta") is not None:
+        parts.append(f"{score['delta']:+.3f}")
+        if score.get("delta_low") is not None:
+            parts.append(f"[{score['delta_low']:+.3f}, {score['delta_high']:+.3f}]")
+        if score.get("p_value") is not None:
+            parts.append(f"p={score['p_value']:.2g}")
+    if score.get("n") is not None:
+        parts.append(f"n={score['n']}")
+    return " ".join(parts)
+
+
 def _cell_text(score: dict | None) -> str:
     if score is None:
         return "–"
-    text = f"{score['value']:.3f}"
-    if score.get("delta") is not None:
-        text += f" ({score['delta']:+.3f}"
-        if score.get("delta_low") is not None:
-            text += f" [{score['delta_low']:+.3f}, {score['delta_high']:+.3f}]"
-        if score.get("p_value") is not None:
-            text += f" p={score['p_value']:.2g}"
-        text += ")"
-    return text
+    detail = _delta_text(score)
+    return f"{score['value']:.3f}" + (f" ({detail})" if detail else "")
+
+
+def _flags(run: dict) -> str:
+    return " ⚠ base mismatch" if run.get("base_mismatch") else ""
+
+
+def _entry_name(entry: dict) -> str:
+    return f"{entry['task']} {entry['lang']}" + (f" ({entry['shots']} shots)" if entry.get("shots") else "")
+
+
+def coverage(run: dict) -> tuple[list[str], list[str]]:
+    """What a run scored (task: language (items), ...) and what it skipped, with why."""
+    items: dict[str, dict[str, int]] = defaultdict(dict)
+    for score in run["scores"]:  # the first metric of a task counts its items (chunks, questions)
+        items[score["task"]].setdefault(score["lang"], score.get("n"))
+    scored = [f"{task}: " + ", ".join(f"{lang} ({n})" for lang, n in langs.items()) for task, langs in items.items()]
+    return scored, [f"{_entry_name(entry)}: {_first_sentence(entry['reason'])}" for entry in run.get("skipped") or []]
+
+
+def _first_sentence(reason: str) -> str:
+    """What went wrong, without the instructions that follow it (results.json keeps the whole message)."""
+    return reason.split(". ", 1)[0]
 
 
 def candidates(runs: list[dict]) -> list[dict]:
@@ -111,9 +145,27 @@ def candidates(runs: list[dict]) -> list[dict]:
             if score.get("delta") is not None:
                 grid[score["task"], score["metric"]][score["lang"]] = score
         langs = sorted({lang for cells in grid.values() for lang in cells}, key=lambda l: (l == "en", l))
+        # Only changes with an interval can show a regression beyond it.
+        controls = [f"{task} {metric} (n={cells['en'].get('n')})" for (task, metric), cells in sorted(grid.items())
+                    if cells.get("en", {}).get("delta_low") is not None]
+        skipped_controls = [f"{_entry_name(e)}: {_first_sentence(e['reason'])}" for e in run.get("skipped") or []
+                            if e["lang"] == "en"]
         result.append({"label": run["label"], "base_label": run["base_label"], "grid": dict(sorted(grid.items())),
-                       "langs": langs, "english_regressed": english_regressed_anywhere(grid)})
+                       "langs": langs, "english_regressed": english_regressed_anywhere(grid),
+                       "english_verdict": english_verdict(grid, controls, skipped_controls),
+                       "base_mismatch": run.get("base_mismatch")})
     return result
+
+
+def english_verdict(grid: dict, controls: list[str], skipped_controls: list[str]) -> tuple[bool, str]:
+    """(whether to warn, the English-control finding with the rows it rests on and the controls not scored)."""
+    skipped = f" Not scored: {'; '.join(skipped_controls)}." if skipped_controls else ""
+    if not controls:
+        return True, f"No English control was scored, so an English regression cannot be ruled out.{skipped}"
+    regressed = english_regressed_anywhere(grid)
+    finding = ("English regressed beyond the interval in: " + ", ".join(regressed) if regressed
+               else "No English regression beyond the interval")
+    return bool(regressed), f"{finding}; English control rows: {', '.join(controls)}.{skipped}"
 
 
 def english_regressed_anywhere(grid: dict) -> list[str]:
@@ -134,22 +186,32 @@ def _cell_style(score: dict | None) -> str:
     return "background:#f6f6dc"
 
 
-def to_markdown(all_tables: list[dict], changes: list[dict]) -> str:
-    lines = ["# Leaderboard", "", "In brackets: change vs the base model, its 95% paired bootstrap interval, and McNemar's p "
-             "where outcomes are right or wrong. Bits and tokens per word: lower is better; the rest: higher.", ""]
+def to_markdown(all_tables: list[dict], changes: list[dict], runs: list[dict]) -> str:
+    lines = ["# Leaderboard", "", "In brackets: change vs the base model, its 95% paired bootstrap interval, McNemar's p "
+             "where outcomes are right or wrong, and n, the items behind the score. Bits and tokens per word: lower is "
+             "better; the rest: higher.", "", "## Runs", "", "| model | base | scored (items) | skipped |", "|---|---|---|---|"]
+    for run in runs:
+        scored, skipped = coverage(run)
+        lines.append(f"| {run['label']}{_flags(run)} | {run['base_label'] or '–'} | {'; '.join(scored) or '–'} | "
+                     f"{'; '.join(skipped) or '–'} |")
+    lines.append("")
+    for run in runs:
+        if run.get("base_mismatch"):
+            lines += [f"⚠ {run['label']}: scored on another base than it was trained on, as allowed: "
+                      f"{run['base_mismatch']}", ""]
     for table in all_tables:
         lines += [f"## {title(table)}", ""]
         lines.append("| model | base | " + " | ".join(table["langs"]) + " |")
         lines.append("|---|---|" + "---:|" * len(table["langs"]))
         for row in table["rows"]:
-            flag = " ⚠ English regressed" if english_regressed(row) else ""
+            flag = (" ⚠ English regressed" if english_regressed(row) else "") + _flags(row)
             cells = " | ".join(_cell_text(row["cells"].get(lang)) for lang in table["langs"])
             lines.append(f"| {row['label']}{flag} | {row['base_label'] or '–'} | {cells} |")
         lines.append("")
     for change in changes:
         lines += [f"## Changes of {change['label']} vs {change['base_label']}", ""]
-        if change["english_regressed"]:
-            lines += ["⚠ English regressed beyond the interval in: " + ", ".join(change["english_regressed"]), ""]
+        warn, verdict = change["english_verdict"]
+        lines += [("⚠ " if warn else "") + verdict, ""]
         lines.append("| task | metric | " + " | ".join(change["langs"]) + " |")
         lines.append("|---|---|" + "---:|" * len(change["langs"]))
         for (task, metric), cells in change["grid"].items():
@@ -161,7 +223,7 @@ def to_markdown(all_tables: list[dict], changes: list[dict]) -> str:
                     continue
                 low, high = improvement(score)
                 mark = "▲ " if low is not None and low > 0 else "▼ " if high is not None and high < 0 else ""
-                texts.append(mark + _cell_text(score).split(" (", 1)[-1].rstrip(")"))
+                texts.append(mark + _delta_text(score))
             lines.append(f"| {task} | {metric} | " + " | ".join(texts) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -236,17 +298,27 @@ y=b.cells[i].dataset.v;return (x===undefined||y===undefined)?0:(asc?x-y:y-x)});r
 """
 
 
-def to_html(all_tables: list[dict], changes: list[dict]) -> str:
+def to_html(all_tables: list[dict], changes: list[dict], runs: list[dict]) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>indictune leaderboard</title>"
              f"<style>{_STYLE}</style></head><body><h1>Leaderboard</h1>",
              "<p>Cells: score, change vs base with its 95% paired bootstrap interval (and McNemar's p for right/wrong "
-             "outcomes); green: better beyond the interval, red: worse beyond it. Click a column to sort.</p>"]
+             "outcomes), and n, the items behind the score; green: better beyond the interval, red: worse beyond it. "
+             "Click a column to sort.</p>",
+             "<h2>Runs</h2><table><thead><tr><th>model</th><th>base</th><th>scored (items)</th><th>skipped</th>"
+             "</tr></thead><tbody>"]
+    for run in runs:
+        scored, skipped = coverage(run)
+        mismatch = (f"<br><span class='flag'>base mismatch: {html.escape(run['base_mismatch'])}</span>"
+                    if run.get("base_mismatch") else "")
+        parts.append(f"<tr><td>{html.escape(run['label'])}{mismatch}</td><td>{html.escape(run['base_label'] or '–')}</td>"
+                     f"<td>{'<br>'.join(map(html.escape, scored)) or '–'}</td>"
+                     f"<td>{'<br>'.join(map(html.escape, skipped)) or '–'}</td></tr>")
+    parts.append("</tbody></table>")
     for change in changes:
         caption = f"Changes of {change['label']} vs {change['base_label']}"
         parts.append(f"<h2>{html.escape(caption)}</h2>")
-        if change["english_regressed"]:
-            parts.append("<p class='flag'>English regressed beyond the interval in: "
-                         + html.escape(", ".join(change["english_regressed"])) + "</p>")
+        warn, verdict = change["english_verdict"]
+        parts.append(f"<p{' class=flag' if warn else ''}>{html.escape(verdict)}</p>")
         parts.append("<table><thead><tr><th>task</th><th>metric</th>"
                      + "".join(f"<th>{html.escape(l)}</th>" for l in change["langs"]) + "</tr></thead><tbody>")
         for (task, metric), cells in change["grid"].items():
@@ -256,8 +328,8 @@ def to_html(all_tables: list[dict], changes: list[dict]) -> str:
                 if score is None:
                     parts.append("<td>–</td>")
                     continue
-                text = _cell_text(score).split(" (", 1)[-1].rstrip(")")
-                parts.append(f"<td data-v='{score['delta']}' style='{_cell_style(score)}'>{html.escape(text)}</td>")
+                parts.append(f"<td data-v='{score['delta']}' style='{_cell_style(score)}'>"
+                             f"{html.escape(_delta_text(score))}</td>")
             parts.append("</tr>")
         parts.append("</tbody></table>")
         png = base64.b64encode(heatmap_png(change)).decode()
@@ -269,13 +341,14 @@ def to_html(all_tables: list[dict], changes: list[dict]) -> str:
         parts.append("</tr></thead><tbody>")
         for row in table["rows"]:
             flag = " <span class='flag'>English regressed</span>" if english_regressed(row) else ""
+            flag += f" <span class='flag'>{html.escape(_flags(row).strip())}</span>" if _flags(row) else ""
             parts.append(f"<tr><td>{html.escape(row['label'])}{flag}</td><td>{html.escape(row['base_label'] or '–')}</td>")
             for lang in table["langs"]:
                 score = row["cells"].get(lang)
                 if score is None:
                     parts.append("<td>–</td>")
                     continue
-                sub = _cell_text(score)[len(f"{score['value']:.3f}"):]
+                sub = _delta_text(score)
                 parts.append(f"<td data-v='{score['value']}' style='{_cell_style(score)}'>{score['value']:.3f}"
                              f"<br><small>{html.escape(sub)}</small></td>")
             parts.append("</tr>")
@@ -289,12 +362,12 @@ def to_html(all_tables: list[dict], changes: list[dict]) -> str:
 def render(config: LeaderboardConfig) -> list[dict]:
     runs = store.latest_runs(config.db)
     if not runs:
-        raise SystemExit(f"error: {config.db} holds no evaluation yet; run scripts/evaluate.py first")
+        raise LeaderboardError(f"{config.db} holds no evaluation yet; run scripts/evaluate.py first")
     all_tables = tables(runs, config.metrics)
     changes = candidates(runs)
     out = Path(config.out)
-    atomic_write_text(out / "leaderboard.md", to_markdown(all_tables, changes))
-    atomic_write_text(out / "leaderboard.html", to_html(all_tables, changes))
+    atomic_write_text(out / "leaderboard.md", to_markdown(all_tables, changes, runs))
+    atomic_write_text(out / "leaderboard.html", to_html(all_tables, changes, runs))
     for table in all_tables:
         (out / f"{table['task']}-{table['metric']}.png").write_bytes(chart_png(table))
     for change in changes:

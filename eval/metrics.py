@@ -24,6 +24,29 @@ def bits_per_unit(nll_nats: list[float], units: list[int]) -> float:
     return sum(nll_nats) / LN2 / sum(units)
 
 
+# What each metric can be: (lowest, highest, whether the lowest itself is possible). No model predicts
+# text for free, so 0 bits or 0 tokens per word means the text was not scored at all.
+POSSIBLE_RANGE = {
+    "bits_per_character": (0.0, math.inf, False),
+    "bits_per_byte": (0.0, math.inf, False),
+    "tokens_per_word": (0.0, math.inf, False),
+    "accuracy": (0.0, 100.0, True),
+    "accuracy_bytes": (0.0, 100.0, True),
+    "chrf++": (0.0, 100.0, True),
+    "exact_match": (0.0, 100.0, True),
+    "f1": (0.0, 100.0, True),
+}
+
+
+def out_of_range(metric: str, value: float) -> str | None:
+    """Why ``value`` cannot be a true ``metric`` score, or None when it can."""
+    low, high, low_possible = POSSIBLE_RANGE[metric]
+    if not math.isfinite(value) or value > high or value < low or (value == low and not low_possible):
+        bound = f"{'[' if low_possible else '('}{low:g}, {high:g}]"
+        return f"{metric} = {value!r} is outside its possible range {bound}"
+    return None
+
+
 def paired_bootstrap(statistic: Callable[[np.ndarray], np.ndarray], base: np.ndarray, candidate: np.ndarray,
                      samples: int = 1000, seed: int = 0, confidence: float = 0.95) -> tuple[float, float, float]:
     """Delta statistic(candidate) - statistic(base) over the same items, with a paired bootstrap interval.

@@ -14,10 +14,42 @@ copied to each choice, which then only runs its own tokens.
 from __future__ import annotations
 
 import math
+import unicodedata
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+
+class ScoringError(ValueError):
+    """Text this model and tokenizer cannot score honestly; the message says what and how to fix it."""
+
+
+class InputTooLong(ScoringError):
+    """Inputs longer than the model's positions."""
+
+
+def _comparable(text: str) -> str:
+    """Text as a decoded encoding must give it back: tokenizers may normalise Unicode and spaces."""
+    return "".join(unicodedata.normalize("NFKC", text).split())
+
+
+def require_covered(tokenizer, texts: list[str], encoded: list[list[int]]) -> None:
+    """Every text must be carried by its tokens: a text that encodes to nothing, or to tokens that do not
+    decode back to it (unknown tokens, a tokenizer loaded wrongly), would score as almost free."""
+    empty = [t for t, ids in zip(texts, encoded) if t.strip() and not ids]
+    if empty:
+        raise ScoringError(f"{len(empty)} of {len(texts)} texts encode to no tokens, e.g. {empty[0][:60]!r}: the "
+                           f"tokenizer ({type(tokenizer).__name__}, {len(tokenizer)} tokens) cannot be what the model "
+                           "was trained with; check tokenizer_config.json and the tokenizer files in the model folder")
+    decoded = tokenizer.batch_decode(encoded, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    lost = [(t, d) for t, d in zip(texts, decoded) if _comparable(t) != _comparable(d)]
+    if lost:
+        text, back = lost[0]
+        raise ScoringError(f"{len(lost)} of {len(texts)} texts do not decode back from their tokens, e.g. "
+                           f"{text[:60]!r} -> {back[:60]!r}: the tokenizer cannot represent them (unknown tokens or "
+                           "no byte fallback), so their scores would be meaningless; use the tokenizer the model was "
+                           "trained with, or leave these languages out")
 
 
 def context_token(tokenizer) -> int:
@@ -52,7 +84,7 @@ def _logprobs(logits: torch.Tensor, vocab_size: int | None) -> torch.Tensor:
 def _check_length(lengths: list[int], model) -> None:
     limit = max_positions(model)
     if limit and max(lengths, default=0) > limit:
-        raise ValueError(f"{sum(n > limit for n in lengths)} inputs are longer than the model's {limit} positions "
+        raise InputTooLong(f"{sum(n > limit for n in lengths)} inputs are longer than the model's {limit} positions "
                          f"(longest: {max(lengths)} tokens); use smaller chunks (chunk_bytes), fewer shots or a limit")
 
 
@@ -61,7 +93,9 @@ def text_nll(model, tokenizer, texts: list[str], batch_size: int = 8, desc: str 
              vocab_size: int | None = None) -> list[tuple[float, int]]:
     """(negative log-likelihood in nats, number of tokens) for each text, in input order."""
     start = context_token(tokenizer)
-    encoded = [[start, *ids] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    plain = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    require_covered(tokenizer, texts, plain)
+    encoded = [[start, *ids] for ids in plain]
     _check_length([len(e) for e in encoded], model)
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     results: list[tuple[float, int]] = [(math.nan, 0)] * len(encoded)
@@ -78,13 +112,19 @@ def text_nll(model, tokenizer, texts: list[str], batch_size: int = 8, desc: str 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """Context and continuation token ids, the context starting with the context token."""
+    context_ids, whole = _context_and_whole(tokenizer, context, continuation)
+    return context_ids, whole[len(context_ids):]
+
+
+def _context_and_whole(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Ids of the context and of context + continuation, both after the context token."""
     spaces = len(context) - len(context.rstrip())
     if spaces:
         context, continuation = context[:-spaces], context[-spaces:] + continuation
     start = [context_token(tokenizer)]
     context_ids = start + tokenizer(context, add_special_tokens=False)["input_ids"] if context else start
     whole = start + tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
-    return context_ids, whole[len(context_ids):]
+    return context_ids, whole
 
 
 @torch.no_grad()
@@ -96,13 +136,18 @@ def choice_loglikelihoods(model, tokenizer, questions: list[tuple[str, list[str]
     ``questions``: (context, [continuation, ...]). With ``share_context`` the context runs once per
     question; without, every (context, choice) pair runs whole, as other harnesses do.
     """
-    encoded = []
+    encoded, texts, text_ids = [], [], []
     for context, continuations in questions:
-        pairs = [encode_pair(tokenizer, context, c) for c in continuations]
-        if any(not cont for _, cont in pairs):
-            raise ValueError(f"a choice encodes to no tokens after context {context[-60:]!r}")
+        pairs = [_context_and_whole(tokenizer, context, c) for c in continuations]
         # Each choice's context ids are the same (they depend only on the context).
-        encoded.append((pairs[0][0], [cont for _, cont in pairs]))
+        context_ids = pairs[0][0]
+        choices = [whole[len(context_ids):] for _, whole in pairs]
+        if not all(choices):
+            raise ScoringError(f"a choice encodes to no tokens after context {context[-60:]!r}")
+        encoded.append((context_ids, choices))
+        texts += [context + c for c in continuations]
+        text_ids += [whole[1:] for _, whole in pairs]
+    require_covered(tokenizer, texts, text_ids)
     _check_length([len(c) + max(map(len, conts)) for c, conts in encoded], model)
     order = sorted(range(len(encoded)), key=lambda i: -(len(encoded[i][0]) + max(map(len, encoded[i][1]))))
     results: list[list[float]] = [[] for _ in encoded]
@@ -168,7 +213,9 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, stop: li
              vocab_size: int | None = None, desc: str = "generating") -> list[str]:
     """Greedy continuation of each prompt, cut at the first stop string, in input order."""
     start = context_token(tokenizer)
-    encoded = [[start, *ids] for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    plain = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    require_covered(tokenizer, prompts, plain)
+    encoded = [[start, *ids] for ids in plain]
     _check_length([len(e) + max_new_tokens for e in encoded], model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else start
     rows_total = model.get_output_embeddings().weight.shape[0]

@@ -27,7 +27,9 @@ CREATE TABLE IF NOT EXISTS runs (
     weights_sha256 TEXT,            -- hash of the model folder's weight and config files
     adapter_sha256 TEXT,            -- the same for the adapter folder
     dtype TEXT,
-    recipe TEXT                     -- JSON: the resolved evaluation config
+    recipe TEXT,                    -- JSON: the resolved evaluation config
+    base_mismatch TEXT,             -- why the adapter's recorded base is not the model it was scored on, if allowed
+    skipped TEXT                    -- JSON: [{task, lang, shots, reason}] of suite entries not scored
 );
 CREATE TABLE IF NOT EXISTS scores (
     run_id INTEGER NOT NULL REFERENCES runs(id),
@@ -49,7 +51,7 @@ CREATE INDEX IF NOT EXISTS scores_by_run ON scores(run_id);
 
 
 RUN_COLUMNS = ("created", "label", "model", "adapter", "base_label", "suite", "tokenizer_sha256", "code_commit",
-               "lineage", "weights_sha256", "adapter_sha256", "dtype", "recipe")
+               "lineage", "weights_sha256", "adapter_sha256", "dtype", "recipe", "base_mismatch", "skipped")
 SCORE_COLUMNS = ("run_id", "task", "lang", "metric", "value", "n", "delta", "delta_low", "delta_high", "p_value",
                  "shots", "origin", "detail")
 
@@ -78,7 +80,8 @@ def add_run(path: str | Path, run: dict[str, Any], scores: list[dict[str, Any]])
         with connection:  # one transaction: the run and all its scores, or nothing
             values = {c: run.get(c) for c in RUN_COLUMNS}
             values.update(lineage=json.dumps(run.get("lineage"), ensure_ascii=False),
-                          recipe=json.dumps(run.get("recipe"), ensure_ascii=False, default=str))
+                          recipe=json.dumps(run.get("recipe"), ensure_ascii=False, default=str),
+                          skipped=json.dumps(run.get("skipped") or [], ensure_ascii=False))
             cursor = connection.execute(
                 f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join(':' + c for c in RUN_COLUMNS)})", values)
             run_id = cursor.lastrowid
@@ -104,6 +107,7 @@ def latest_runs(path: str | Path) -> list[dict[str, Any]]:
             scores = connection.execute("SELECT * FROM scores WHERE run_id = ?", (run["id"],)).fetchall()
             result.append({**dict(run), "lineage": json.loads(run["lineage"] or "null"),
                            "recipe": json.loads(run["recipe"] or "null"),
+                           "skipped": json.loads(run["skipped"] or "[]"),
                            "scores": [dict(s) for s in scores]})
         return result
     finally:

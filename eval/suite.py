@@ -4,6 +4,11 @@
 (nothing merged, nothing written). ``--model C --base B``: a full checkpoint C against its base B.
 ``--model M`` alone: M is scored. Per task and language, each candidate's delta to the base comes with a
 95% paired bootstrap interval and, for right/wrong outcomes, McNemar's exact p.
+
+Nothing false is recorded: an adapter must come as safetensors and belong on M (its lineage's base
+weight hash, else its adapter_config's base name), the weights are hashed before loading and again
+after scoring, every scored text must be carried by its tokens and every score lie in its metric's
+range. A suite entry whose prompts do not fit the model is skipped with its reason.
 """
 
 from __future__ import annotations
@@ -22,22 +27,30 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from data import languages
+from data.hashing import tokenizer_sha256
 from data.io import atomic_write_text
-from data.recipe import field, to_dict
+from data.recipe import check_ranges, field, to_dict
 from eval import cache, store
 from eval.metrics import (bits_per_unit, choice_correct, chrf_from_statistics, chrf_statistics, exact_match, mcnemar_p,
-                          mean_delta, paired_bootstrap, paired_bootstrap_delta, token_f1)
-from eval.scoring import choice_loglikelihoods, generate, text_nll
+                          mean_delta, out_of_range, paired_bootstrap, paired_bootstrap_delta, token_f1)
+from eval.scoring import InputTooLong, ScoringError, choice_loglikelihoods, generate, text_nll
 from eval.tasks import MissingTaskData, Task, chunks, load_task
-from training.lineage import code_commit, tokenizer_hash
+from training.lineage import code_commit
+
+
+class EvalError(ValueError):
+    """An evaluation that cannot record a true result; the message names the model, task and fix."""
 
 
 @dataclass
 class TaskRun:
     task: str = field(help="task name (eval/tasks/<name>.yaml) or path to a task YAML file")
     languages: list[str] | None = field(None, help="default: the suite's languages, else the task's own")
-    shots: int = field(0, help="worked examples before each question")
-    limit: int | None = field(None, help="score only the first N items per language")
+    shots: int = field(0, minimum=0, help="worked examples before each question")
+    limit: int | None = field(None, minimum=1, help="score only the first N items per language")
+
+    def __post_init__(self) -> None:
+        check_ranges(self, f"task {self.task}")
 
 
 @dataclass
@@ -49,7 +62,7 @@ class EvalConfig:
     base: str | None = field(None, help="a separate base model to compare a full checkpoint with")
     output_dir: str = field("runs/eval", help="results.json and per-item samples go here")
     db: str = field("runs/leaderboard.sqlite", help="the leaderboard store")
-    batch_size: int = 8
+    batch_size: int = field(8, minimum=1, help="questions (or text chunks) per forward pass")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = field("auto", help="auto: bf16 on GPU, fp32 on CPU")
     device: str | None = field(None, help="default: cuda if available, else cpu")
     trust_remote_code: bool = field(False, help="allow custom model code from the model's repository")
@@ -57,10 +70,13 @@ class EvalConfig:
         "error", help="a task with no local data and no hub access: stop, or skip it and report it")
     share_context: bool = field(True, help="run a question's context once for all its choices")
     use_cache: bool = field(True, help="reuse results cached under the same weights, tokenizer and task")
-    bootstrap_samples: int = 1000
-    seed: int = 0
+    allow_base_mismatch: bool = field(
+        False, help="score an adapter on a model other than the one it was trained on (recorded and shown as such)")
+    bootstrap_samples: int = field(1000, minimum=100, help="resamples for the 95% paired intervals")
+    seed: int = field(0, minimum=0, help="seeds few-shot draws and the bootstrap")
 
     def __post_init__(self) -> None:
+        check_ranges(self, "evaluation")
         if self.adapter and self.base:
             raise ValueError("give --adapter (the base is --model) or --base (for a full checkpoint), not both")
         self.tasks = [TaskRun(t) if isinstance(t, str) else TaskRun(**t) if isinstance(t, dict) else t for t in self.tasks]
@@ -216,31 +232,43 @@ def evaluate(config: EvalConfig) -> dict:
         except MissingTaskData as err:
             if config.missing_data == "error":
                 raise
-            skipped.append({"task": task.name, "lang": lang, "reason": str(err)})
+            skipped.append({"task": task.name, "lang": lang, "shots": run.shots, "reason": str(err)})
             continue
         if run.limit is not None and task.type == "language_modeling":
             items = items[: run.limit]
         prepared.append((_entry_key(task, lang, run), task, lang, run, items))
         rejected[f"{task.name}/{lang}"] = dict(reasons)
     if not prepared:
-        raise SystemExit("error: no task has data here: " + "; ".join(s["reason"] for s in skipped))
+        raise EvalError("no task has data here: " + "; ".join(s["reason"] for s in skipped))
+    mismatches = {c.label: adapter_problem(c.adapter, c.model, config.allow_base_mismatch) for c in candidates if c.adapter}
 
     results: dict[str, dict] = {}
     groups = [[base, *candidates]] if config.adapter else [[v] for v in ([base] if base else []) + candidates]
     for group in groups:
+        identities = {v.label: _file_hashes(v) for v in group}
         loaded = Loaded(group[0].model, [v for v in group if v.adapter], config, device)
         for variant in group:
-            results[variant.label] = _score_variant(loaded, variant, prepared, config, device)
+            results[variant.label] = _score_variant(loaded, variant, identities[variant.label], prepared, config, device)
         del loaded
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
+        for variant in group:  # a file rewritten while it was scored: the scores belong to no one set of bytes
+            if _file_hashes(variant) != identities[variant.label]:
+                raise EvalError(f"{variant.adapter or variant.model} was rewritten while it was evaluated; nothing was "
+                                "recorded. Evaluate it again once whatever writes it has finished")
 
     def run_record(variant: Variant, compare_to: Variant | None) -> dict:
         scored = results[variant.label]
         rows = []
         for key, task, lang, run, _ in prepared:
-            against = results[compare_to.label]["tasks"][key] if compare_to else None
+            if key not in scored["tasks"]:
+                continue
+            against = results[compare_to.label]["tasks"].get(key) if compare_to else None
             for row in summarize(task, lang, scored["tasks"][key], against, config):
+                problem = out_of_range(row["metric"], row["value"])
+                if problem:
+                    raise EvalError(f"{variant.label}, task {task.name} ({lang}): {problem}; nothing was recorded. "
+                                    "Check that the tokenizer in the model folder is the one it was trained with")
                 rows.append({**row, "shots": run.shots})
         return {
             "created": created, "label": variant.label, "model": variant.model, "adapter": variant.adapter,
@@ -249,41 +277,92 @@ def evaluate(config: EvalConfig) -> dict:
             "tokenizer_sha256": scored["tokenizer_sha256"], "weights_sha256": scored["weights_sha256"],
             "adapter_sha256": scored["adapter_sha256"], "dtype": str(_dtype(config, device)).removeprefix("torch."),
             "code_commit": code_commit(), "recipe": json.loads(json.dumps(to_dict(config), default=str)),
-            "lineage": _lineage(variant), "scores": rows,
+            "lineage": _lineage(variant), "base_mismatch": mismatches.get(variant.label),
+            "skipped": skipped + scored["skipped"], "scores": rows,
         }
 
     runs = ([run_record(base, None)] if base else []) + [run_record(c, base) for c in candidates]
     for run in runs:
         store.add_run(config.db, {k: v for k, v in run.items() if k != "scores"}, run["scores"])
         _write_samples(Path(config.output_dir) / "samples" / store.slug(run["label"]), results[run["label"]]["tasks"])
-    summary = {"config": to_dict(config), "runs": runs, "skipped": skipped, "rejected": rejected}
+    too_long = [{**entry, "model": label} for label, scored in results.items() for entry in scored["skipped"]]
+    summary = {"config": to_dict(config), "runs": runs, "skipped": skipped + too_long, "rejected": rejected}
     atomic_write_text(Path(config.output_dir) / "results.json",
                       json.dumps(summary, indent=2, ensure_ascii=False, default=str) + "\n")
     return summary
 
 
-def _score_variant(loaded: Loaded, variant: Variant, prepared, config: EvalConfig, device: str) -> dict:
+def _file_hashes(variant: Variant) -> dict:
+    return {"weights": cache.weights_sha256(variant.model), "adapter": cache.weights_sha256(variant.adapter)}
+
+
+def _score_variant(loaded: Loaded, variant: Variant, files: dict, prepared, config: EvalConfig, device: str) -> dict:
+    """Results per suite entry (from the cache where the same bytes were scored before), and the entries
+    skipped because their inputs do not fit the model."""
     context, tokenizer, vocab_size = loaded.use(variant)
-    identity = {"weights": cache.weights_sha256(variant.model), "adapter": cache.weights_sha256(variant.adapter),
-                "tokenizer": tokenizer_hash(tokenizer), "dtype": str(_dtype(config, device)),
+    identity = {**files, "tokenizer": tokenizer_sha256(tokenizer), "dtype": str(_dtype(config, device)),
                 "share_context": config.share_context, "vocab_size": vocab_size}
     cacheable = identity["weights"] is not None and (variant.adapter is None or identity["adapter"] is not None)
-    tasks = {}
+    tasks, skipped = {}, []
     with context:
-        for key, task, lang, _, items in prepared:
+        for key, task, lang, run, items in prepared:
             # The task's definition and the very items scored: a changed data file is never served stale results.
             definition = {k: v for k, v in to_dict(task).items() if k != "source"}
             content = hashlib.sha256(json.dumps([definition, items], sort_keys=True, ensure_ascii=False).encode()).hexdigest()
             cache_key = cache.result_key(**identity, task=content)
             result = cache.load(cache_key) if config.use_cache and cacheable else None
             if result is None:
-                result = score_task(loaded.model, tokenizer, vocab_size, task, items, config,
-                                    desc=f"{variant.label[-40:]} {task.name} {lang}")
+                try:
+                    result = score_task(loaded.model, tokenizer, vocab_size, task, items, config,
+                                        desc=f"{variant.label[-40:]} {task.name} {lang}")
+                except InputTooLong as err:
+                    skipped.append({"task": task.name, "lang": lang, "shots": run.shots,
+                                    "reason": f"task {task.name} ({lang}, {run.shots} shots): {err}"})
+                    continue
+                except ScoringError as err:
+                    raise EvalError(f"{variant.label}, task {task.name} ({lang}): {err}") from None
                 if cacheable:
                     cache.save(cache_key, result)
             tasks[key] = result
     return {"tokenizer_sha256": identity["tokenizer"], "weights_sha256": identity["weights"],
-            "adapter_sha256": identity["adapter"], "tasks": tasks}
+            "adapter_sha256": identity["adapter"], "tasks": tasks, "skipped": skipped}
+
+
+def adapter_problem(adapter: str, model: str, allow_base_mismatch: bool) -> str | None:
+    """Refuse an adapter that is not safetensors or not trained on ``model``; return the mismatch when the
+    user allowed it (it is recorded with the run), None when the adapter belongs on ``model``."""
+    folder = Path(adapter)
+    config_path = folder / "adapter_config.json"
+    if not config_path.is_file():
+        raise EvalError(f"{adapter}: no adapter_config.json; give the folder an adapter was saved to with save_pretrained")
+    if not (folder / "adapter_model.safetensors").is_file():
+        found = ", ".join(sorted(p.name for p in folder.glob("adapter_model*"))) or "no weights"
+        raise EvalError(f"{adapter}: no adapter_model.safetensors ({found}); pickled weights are never loaded. "
+                        "Save the adapter with save_pretrained(dir, safe_serialization=True)")
+    trained_on = json.loads(config_path.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    trained_hash = ((_read_lineage(folder) or {}).get("base_weights_sha256"))
+    model_hash = cache.weights_sha256(model) if trained_hash else None
+    if trained_hash and model_hash:
+        same = trained_hash == model_hash
+        mismatch = (f"adapter {adapter} was trained on {trained_on} (weights sha256 {trained_hash[:12]}, from its "
+                    f"lineage.json); {model} has weights {model_hash[:12]}")
+    else:
+        same = trained_on is not None and _same_model(trained_on, model)
+        mismatch = (f"adapter {adapter} was trained on {trained_on} (base_model_name_or_path in its "
+                    f"adapter_config.json), not on {model}")
+    if same:
+        return None
+    if not allow_base_mismatch:
+        raise EvalError(f"{mismatch}. Score it on --model {trained_on}, or pass --allow_base_mismatch true to score "
+                        "it anyway (the run is then marked as a base mismatch)")
+    return mismatch
+
+
+def _same_model(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    folders = cache.local_folder(a), cache.local_folder(b)
+    return None not in folders and folders[0].resolve() == folders[1].resolve()
 
 
 def _entry_key(task: Task, lang: str, run: TaskRun) -> str:
@@ -306,5 +385,9 @@ def _write_samples(folder: Path, tasks: dict[str, dict]) -> None:
 
 
 def _lineage(variant: Variant) -> dict | None:
-    path = Path(variant.adapter or variant.model) / "lineage.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return _read_lineage(Path(variant.adapter or variant.model))
+
+
+def _read_lineage(folder: Path) -> dict | None:
+    path = folder / "lineage.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None

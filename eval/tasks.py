@@ -32,7 +32,7 @@ from jinja2 import StrictUndefined, TemplateError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from data import languages
-from data.recipe import RecipeError, build, field, read_yaml
+from data.recipe import RecipeError, build, check_ranges, field, read_yaml
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 _JINJA = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
@@ -65,7 +65,8 @@ class Task:
     origin: Literal["native", "human-translated", "machine-translated"] = field(
         "native", help="how the data was written; shown next to scores")
     languages: list[str] = field(default_factory=list, help="languages the task has data for")
-    chunk_bytes: int = field(1000, help="language_modeling: score text in chunks of at most this many UTF-8 bytes")
+    chunk_bytes: int = field(1000, minimum=4, help="language_modeling: score text in chunks of at most this many UTF-8 "
+                             "bytes (at least 4, the longest UTF-8 character)")
     prompt: str = field("", help="Jinja template of what the model reads")
     choices: list[str] = field(default_factory=list, help="multiple_choice: one template per choice")
     choices_from: str | None = field(None, help="multiple_choice: the choices are the distinct values of this field")
@@ -76,11 +77,12 @@ class Task:
     literals: dict[str, dict[str, str]] = field(default_factory=dict, help="per language: words the templates use")
     direction: Literal["from_english", "to_english"] | None = field(None, help="parallel data: which side is the source")
     metric: Literal["bits", "accuracy", "chrf", "squad"] = field("bits", help="chrf: chrF++; squad: exact match and F1")
-    max_new_tokens: int = 48
+    max_new_tokens: int = field(48, minimum=1, help="generation: the longest answer, in tokens")
     stop: list[str] = field(default_factory=lambda: ["\n"], help="generation ends at the first of these")
     source: str = dataclass_field(default="", init=False, compare=False)  # the YAML file it was read from
 
     def __post_init__(self) -> None:
+        check_ranges(self, f"task {self.name}")
         expected = {"language_modeling": {"bits"}, "multiple_choice": {"accuracy"}, "generation": {"chrf", "squad"}}
         if self.metric not in expected[self.type]:
             raise ValueError(f"metric {self.metric!r} does not fit type {self.type!r} (use {sorted(expected[self.type])})")
@@ -193,15 +195,15 @@ class Task:
         if records and not built:
             raise ValueError(f"task {self.name} ({lang}): every record was rejected ({dict(rejected)}); "
                              f"first error: {errors[0] if errors else '-'}; check the templates in {self.file}")
-        pool = built
+        # Worked examples are written before any context gains its own examples, so they never nest.
+        worked = {item["id"]: self._worked(item) for item in built} if shots else {}
         if limit is not None:
             built = built[:limit]
-        if shots:
-            for index, item in enumerate(built):
-                rng = random.Random(f"{seed}:{self.name}:{lang}:{item['id']}")
-                others = [other for other in pool if other["id"] != item["id"]]
-                examples = rng.sample(others, min(shots, len(others)))
-                item["context"] = "".join(self._worked(e) + self.fewshot_delimiter for e in examples) + item["context"]
+        for item in built if shots else []:
+            rng = random.Random(f"{seed}:{self.name}:{lang}:{item['id']}")
+            others = [other for other in worked if other != item["id"]]
+            examples = rng.sample(others, min(shots, len(others)))
+            item["context"] = "".join(worked[e] + self.fewshot_delimiter for e in examples) + item["context"]
         return built, rejected
 
     def _worked(self, item: dict) -> str:
@@ -340,6 +342,9 @@ def chunks(paragraphs: list[str], max_bytes: int) -> list[str]:
     for paragraph in paragraphs:
         while len(paragraph.encode("utf-8")) > max_bytes:
             head = paragraph.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
+            if not head:  # not even one character fits: cutting would never end
+                raise ValueError(f"chunk_bytes {max_bytes} is smaller than the character {paragraph[0]!r} "
+                                 f"({len(paragraph[0].encode('utf-8'))} UTF-8 bytes); use at least 4")
             cut = head.rfind(" ")
             cut = cut if cut > 0 else len(head)
             pieces.append(paragraph[:cut])

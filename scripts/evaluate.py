@@ -3,13 +3,17 @@
     python scripts/evaluate.py --config recipes/eval/<suite>.yaml --model ID_OR_DIR [--adapter DIR ...] [--base ID_OR_DIR]
 """
 
-from data.recipe import parse_cli
-from eval.suite import EvalConfig, evaluate
+from data.recipe import RecipeError, parse_cli
+from eval.suite import EvalConfig, EvalError, evaluate
+from eval.tasks import MissingTaskData
 
 
 def main() -> None:
     config = parse_cli(EvalConfig, description=__doc__)
-    results = evaluate(config)
+    try:
+        results = evaluate(config)
+    except (EvalError, RecipeError, MissingTaskData) as err:
+        raise SystemExit(f"error: {err}") from None
     for run in results["runs"]:
         print(run["label"])
         for score in run["scores"]:

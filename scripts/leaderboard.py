@@ -6,12 +6,15 @@
 from pathlib import Path
 
 from data.recipe import parse_cli
-from eval.leaderboard import LeaderboardConfig, render
+from eval.leaderboard import LeaderboardConfig, LeaderboardError, render
 
 
 def main() -> None:
     config = parse_cli(LeaderboardConfig, description=__doc__)
-    render(config)
+    try:
+        render(config)
+    except LeaderboardError as err:
+        raise SystemExit(f"error: {err}") from None
     print(Path(config.out, "leaderboard.md").read_text(encoding="utf-8"))
     print(f"leaderboard: {config.out}/leaderboard.md, {config.out}/leaderboard.html")
 

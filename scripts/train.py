@@ -7,12 +7,12 @@ cpt packs prepared documents to max_length without letting them attend to each o
 mixed by temperature and an optional English replay share. sft trains on chat data through TRL's
 SFTTrainer, with the loss on assistant turns. With an extended tokenizer the model is resized and the
 new rows initialised from the base tokenizer's pieces; with LoRA those rows train too
-(trainable_embeddings). A run resumes from the last checkpoint in output_dir; after saving, the
-adapter on disk is checked against the trained weights.
+(trainable_embeddings). A run resumes from the last checkpoint in output_dir if that was trained with
+the same recipe, and stops before training if not; after saving, the adapter on disk is checked against
+the trained weights.
 """
 
-import os
-
+from accelerate import PartialState
 from peft import get_peft_model
 from transformers import AutoTokenizer, set_seed
 
@@ -25,6 +25,8 @@ from training.trainer import ChatTrainer, PretrainingTrainer
 
 def main(argv: list[str] | None = None):
     args, training_args, model_args = config.parse(argv)
+    if args.stage == "cpt":
+        training_args.remove_unused_columns = False  # the collator needs seq_lengths to restart position ids
     set_seed(training_args.seed)
 
     tokenizer = AutoTokenizer.from_pretrained(
@@ -42,7 +44,21 @@ def main(argv: list[str] | None = None):
     if args.stage == "cpt":
         train_dataset, mixture, cache = packed_dataset(args, training_args, tokenizer)
         data_files, extra = parquet_files(args.train_data + args.replay_data), {"mixture": mixture}
-        training_args.remove_unused_columns = False  # the collator needs seq_lengths to restart position ids
+    else:
+        train_dataset, rejected = load_chat(args.train_data)
+        data_files, extra = args.train_data, {"chat_records": len(train_dataset), "rejected": dict(rejected)}
+
+    recipe = lineage.resolved_recipe(args, training_args, model_args)
+    record = lineage.record(args, training_args, model_args, tokenizer, new_token_ids, data_files, **extra)
+    try:
+        resume = checkpoint.plan_resume(training_args.output_dir, training_args.resume_from_checkpoint, recipe, record)
+    except checkpoint.ResumeRefused as err:
+        raise SystemExit(f"error: {err}") from None
+    record["resumed_from"] = resume.resumed_from() if resume else None
+    if resume:
+        PartialState().print(resume.announcement())
+
+    if args.stage == "cpt":
         trainer = PretrainingTrainer(
             model=model,
             args=training_args,
@@ -52,29 +68,26 @@ def main(argv: list[str] | None = None):
         )
         trainer.accelerator.print(f"training on {len(train_dataset)} packed rows from {cache}")
     else:
-        train_dataset, rejected = load_chat(args.train_data)
-        data_files, extra = args.train_data, {"chat_records": len(train_dataset), "rejected": dict(rejected)}
         trainer = ChatTrainer(model=model, args=training_args, train_dataset=train_dataset, processing_class=tokenizer)
         if rejected:
             trainer.accelerator.print(f"rejected chat records: {dict(rejected)}")
         require_trained_tokens(trainer.model, tokenizer, trainer.train_dataset, peft_config)
     trainer.configure(args.embedding_learning_rate, args.peak_tflops_per_gpu)
+    trainer.add_callback(checkpoint.RecipeInCheckpoints(record, recipe))
 
-    resume = training_args.resume_from_checkpoint
-    if resume is None and os.path.isdir(training_args.output_dir):
-        resume = checkpoint.last_complete_checkpoint(training_args.output_dir)  # None when none was saved yet
-    trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=resume.checkpoint if resume else None)
+    trained_steps = trainer.state.global_step - (resume.step if resume else 0)
 
     trainer.save_model(training_args.output_dir)
     is_main = trainer.accelerator.is_main_process
     if peft_config is not None:
         checkpoint.verify_saved_adapter(trainer.model, training_args.output_dir, is_main)
     if is_main:
-        lineage.write(training_args.output_dir, args, training_args, model_args, tokenizer, new_token_ids,
-                      data_files, **extra)
+        lineage.write(training_args.output_dir, record, recipe)
         if args.merge_adapter and peft_config is not None:
-            checkpoint.merge(training_args.output_dir, tokenizer, model.dtype)
-        trainer.accelerator.print(f"saved to {training_args.output_dir}")
+            checkpoint.merge(training_args.output_dir, tokenizer, model.dtype, training_args.trust_remote_code,
+                             record, recipe)
+        trainer.accelerator.print(f"trained {trained_steps} steps; saved to {training_args.output_dir}")
     trainer.accelerator.wait_for_everyone()
     return trainer
 

@@ -121,3 +121,38 @@ def tiny_base_dir(base_tokenizer_dir, tmp_path_factory) -> Path:
     tiny_llama(len(tokenizer)).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def long_base_dir(base_tokenizer_dir, tmp_path_factory):
+    """A tiny random Llama with room for FLORES paragraphs and few-shot prompts."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_tokenizer_dir)
+    out = tmp_path_factory.mktemp("models") / "tiny-long"
+    tiny_llama(len(tokenizer), positions=4096).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def lora_adapter(base_dir, out, seed, safe_serialization=True):
+    """A LoRA adapter whose weights are not zero, so it changes the model's answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
+                           LoraConfig(r=4, lora_alpha=32, target_modules="all-linear", init_lora_weights=False))
+    model.save_pretrained(out, safe_serialization=safe_serialization)
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(out)
+    return out
+
+
+def write_copa(folder, n=12):
+    """IndicCOPA-shaped Hindi and Tamil items under folder/indiccopa, as a local copy of the task's data."""
+    rows = [{"premise": f"वाक्य {i} हुआ।", "choice1": f"पहला उत्तर {i}", "choice2": f"दूसरा {i}",
+             "question": "cause" if i % 2 else "effect", "label": i % 2} for i in range(n)]
+    (folder / "indiccopa").mkdir(parents=True, exist_ok=True)
+    for lang in ("hi", "ta"):
+        (folder / "indiccopa" / f"{lang}.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows))

@@ -17,7 +17,7 @@ from eval.scoring import text_nll
 from eval.suite import EvalConfig, evaluate
 from eval.tasks import chunks, load_task
 
-from conftest import tiny_llama
+from conftest import lora_adapter, tiny_llama, write_copa
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -130,29 +130,6 @@ def test_english_regression_is_flagged_only_beyond_the_interval():
 
 # ---- multiple choice, generation, adapters and the result cache ------------------------------------------
 
-@pytest.fixture(scope="module")
-def long_base_dir(base_tokenizer_dir, tmp_path_factory):
-    """A tiny random Llama with room for FLORES paragraphs and few-shot prompts."""
-    tokenizer = AutoTokenizer.from_pretrained(base_tokenizer_dir)
-    out = tmp_path_factory.mktemp("models") / "tiny-long"
-    tiny_llama(len(tokenizer), positions=4096).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
-def lora_adapter(base_dir, out, seed):
-    """A LoRA adapter whose weights are not zero, so it changes the model's answers."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
-                           LoraConfig(r=4, lora_alpha=32, target_modules="all-linear", init_lora_weights=False))
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(base_dir).save_pretrained(out)
-    return out
-
-
 def test_choices_scored_on_a_shared_context_equal_whole_sequences(long_base_dir):
     from transformers import AutoModelForCausalLM
 
@@ -175,14 +152,6 @@ def test_choices_scored_on_a_shared_context_equal_whole_sequences(long_base_dir)
             assert got == pytest.approx(direct, abs=1e-4)
     assert [len(s) for s in shared] == [2, 3, 2]
     assert all(a == pytest.approx(b, abs=1e-4) for s, w in zip(shared, whole) for a, b in zip(s, w))
-
-
-def write_copa(folder, n=12):
-    rows = [{"premise": f"वाक्य {i} हुआ।", "choice1": f"पहला उत्तर {i}", "choice2": f"दूसरा {i}",
-             "question": "cause" if i % 2 else "effect", "label": i % 2} for i in range(n)]
-    (folder / "indiccopa").mkdir(parents=True, exist_ok=True)
-    for lang in ("hi", "ta"):
-        (folder / "indiccopa" / f"{lang}.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows))
 
 
 def test_adapters_swap_on_one_base_and_match_single_runs(tmp_path, long_base_dir, monkeypatch):

@@ -90,6 +90,9 @@ def test_shots_are_other_items_fixed_by_the_seed(tmp_path):
     examples = items[0]["context"].split("\n\n")
     assert len(examples) == 3 and examples[-1] == "लड़का गिर गया क्योंकि"
     assert set(examples[:2]) == {"बारिश हुई इसलिए सड़क गीली हो गई।", "दरवाज़ा खुला क्योंकि चाय ठंडी थी।"}
+    # Every item, not only the first, gets worked examples without their own examples inside them.
+    for item in task.items("hi", shots=2)[0]:
+        assert item["context"].count("\n\n") == 2
 
 
 def test_squad_and_parallel_formats(tmp_path):

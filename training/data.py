@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import hashlib
 from collections import Counter
 from pathlib import Path
 
@@ -102,11 +101,3 @@ def load_chat(paths: list[str], split: str = "train") -> tuple[datasets.Dataset,
     if len(chats) == 0:
         raise ValueError(f"no usable chat records in {', '.join(paths)} (rejected: {dict(rejected)})")
     return chats, rejected
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -1,17 +1,18 @@
-"""What a training run was made from: ``lineage.json`` and the resolved recipe, written next to its outputs."""
+"""What a training run was made from: ``lineage.json`` and the resolved recipe, written next to its outputs
+and into every checkpoint."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import subprocess
 from pathlib import Path
 
 import yaml
 
-from training.data import file_sha256
+from data.hashing import file_sha256, folder_sha256, tokenizer_sha256
+from data.io import atomic_write_text
 
 
 def code_commit() -> str | None:
@@ -25,16 +26,6 @@ def code_commit() -> str | None:
     return commit.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
 
 
-def tokenizer_hash(tokenizer) -> str:
-    """A hash of the vocabulary and special tokens: two tokenizers with the same hash encode alike."""
-    content = json.dumps(
-        {"vocab": sorted(tokenizer.get_vocab().items()), "special": tokenizer.special_tokens_map},
-        sort_keys=True,
-        ensure_ascii=False,
-    )
-    return hashlib.sha256(content.encode("utf-8")).hexdigest()
-
-
 def data_record(path: str) -> dict:
     """A data file with its hash, or a dataset named by id (no local file to hash)."""
     if Path(path).is_file():
@@ -42,23 +33,58 @@ def data_record(path: str) -> dict:
     return {"dataset": path}
 
 
-def write(output_dir: str, args, training_args, model_args, tokenizer, new_token_ids: list[int],
-          data_files: list[str], **extra) -> None:
-    output = Path(output_dir)
-    lineage = {
+def local_model_folder(name_or_path: str, revision: str | None = None) -> Path | None:
+    """The folder holding a model's files: the path itself, or the hub id's snapshot in the local cache."""
+    if Path(name_or_path).is_dir():
+        return Path(name_or_path)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name_or_path, revision=revision, local_files_only=True))
+    except Exception:  # not in the local cache (or not a hub id): there is nothing to hash
+        return None
+
+
+def base_weights_sha256(args, model_args) -> str | None:
+    """The content hash of the base model's weight and config files; None for a model made from a config
+    or one not on this machine."""
+    if args.init_from_config or not model_args.model_name_or_path:
+        return None
+    folder = local_model_folder(model_args.model_name_or_path, model_args.model_revision)
+    return folder_sha256(folder) if folder is not None else None
+
+
+def record(args, training_args, model_args, tokenizer, new_token_ids: list[int], data_files: list[str],
+           **extra) -> dict:
+    """What the run is made from; the content hashes (base weights, tokenizer, data) and the number of
+    processes, which the recipe does not show, are checked again when a checkpoint is resumed."""
+    return {
         "stage": args.stage,
         "base_model": model_args.model_name_or_path,
+        "base_weights_sha256": base_weights_sha256(args, model_args),
         "init_from_config": args.init_from_config,
         "tokenizer": args.tokenizer_name_or_path or model_args.model_name_or_path,
-        "tokenizer_sha256": tokenizer_hash(tokenizer),
+        "tokenizer_sha256": tokenizer_sha256(tokenizer),
         "new_token_ids": [new_token_ids[0], new_token_ids[-1] + 1] if new_token_ids else None,
         "data": [data_record(f) for f in data_files],
         "languages": args.languages,
+        "world_size": training_args.world_size,
         **extra,
         "code_commit": code_commit(),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    (output / "lineage.json").write_text(json.dumps(lineage, indent=2, ensure_ascii=False) + "\n")
-    # TrainingArguments.to_dict() masks token values, so the resolved recipe holds no secret.
+
+
+def resolved_recipe(args, training_args, model_args) -> dict:
+    """Every setting of the run as recipe.yaml holds it (read back, so that it compares equal to a saved one).
+
+    TrainingArguments.to_dict() masks token values, so the recipe holds no secret."""
     recipe = {**dataclasses.asdict(args), **dataclasses.asdict(model_args), **training_args.to_dict()}
-    (output / "recipe.yaml").write_text(yaml.safe_dump(recipe, allow_unicode=True, sort_keys=True))
+    return yaml.safe_load(yaml.safe_dump(recipe, allow_unicode=True))
+
+
+def write(folder: str | Path, lineage: dict, recipe: dict) -> None:
+    """``lineage.json`` and ``recipe.yaml`` in `folder`, each replaced whole."""
+    folder = Path(folder)
+    stamped = {**lineage, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    atomic_write_text(folder / "lineage.json", json.dumps(stamped, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(folder / "recipe.yaml", yaml.safe_dump(recipe, allow_unicode=True, sort_keys=True))

@@ -28,6 +28,7 @@ import datasets
 from trl import SFTConfig, pack_dataset
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
+from data.hashing import cache_root as indictune_cache, file_sha256, tokenizer_sha256
 from training.data import load_corpus, parquet_files
 from training.mixing import repeat_to_quota, temperature_shares
 
@@ -80,28 +81,15 @@ def pack(tokenized: datasets.Dataset, args: SFTConfig) -> datasets.Dataset:
     return ids.map(lambda b: {"input_ids": [row[: args.max_length] for row in b["input_ids"]]}, batched=True)
 
 
-def _file_stamp(path: str) -> list:
-    stat = os.stat(path)
-    return [str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns]
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    """A hash of everything that decides how the tokenizer encodes."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    content = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
-    extra = json.dumps([type(tokenizer).__name__, tokenizer.special_tokens_map, getattr(tokenizer, "add_bos_token", None)])
-    return hashlib.sha256((content + extra).encode("utf-8")).hexdigest()
-
-
 def cache_key(args, training_args: SFTConfig, tokenizer) -> str:
     recipe = {
         "format": FORMAT_VERSION,
-        "data": [_file_stamp(f) for f in parquet_files(args.train_data)],
-        "replay_data": [_file_stamp(f) for f in parquet_files(args.replay_data)] if args.replay_data else [],
+        "data": [file_sha256(f) for f in parquet_files(args.train_data)],
+        "replay_data": [file_sha256(f) for f in parquet_files(args.replay_data)] if args.replay_data else [],
         "languages": sorted(args.languages or []),
         "language_temperature": args.language_temperature,
         "replay_fraction": args.replay_fraction,
-        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "tokenizer": tokenizer_sha256(tokenizer),
         "text_field": training_args.dataset_text_field,
         "max_length": training_args.max_length,
         "packing": training_args.packing,
@@ -114,7 +102,7 @@ def cache_key(args, training_args: SFTConfig, tokenizer) -> str:
 def cache_root(args) -> Path:
     if args.packed_cache_dir:
         return Path(args.packed_cache_dir)
-    return Path(os.environ.get("INDICTUNE_CACHE", Path.home() / ".cache" / "indictune")) / "packed"
+    return indictune_cache() / "packed"
 
 
 def build(args, training_args: SFTConfig, tokenizer) -> tuple[datasets.Dataset, dict]:

@@ -1,5 +1,6 @@
 """The trainers: ``transformers.Trainer`` for continued pretraining, TRL's ``SFTTrainer`` for chat, with
-what both share: a learning rate of their own for the embedding rows, and throughput in the logs."""
+what both share: a learning rate of their own for the embedding rows, throughput in the logs, and no step
+past the end when resumed from the last checkpoint."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 
 import torch
 from peft import PeftModel
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINING_ARGS_NAME
 from trl import SFTTrainer
 
@@ -17,14 +18,38 @@ from training.throughput import flops_per_token, peak_tflops
 EMBEDDING_MARKERS = ("trainable_tokens_", "modules_to_save")
 
 
+class NothingLeftToTrain(Exception):
+    pass
+
+
+class StopWhenNothingLeftToTrain(TrainerCallback):
+    """Stops a run resumed at (or past) max_steps once the checkpoint is loaded: transformers' loop checks
+    for the end only after a step, so it would train one step more than the recipe asks for."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            raise NothingLeftToTrain
+
+
 class IndictuneTrainerMixin:
-    """Adds ``embedding_learning_rate`` and logs tokens/s per GPU and MFU with the loss."""
+    """Adds ``embedding_learning_rate``, logs tokens/s per GPU and MFU with the loss, and trains no step
+    past max_steps."""
 
     def configure(self, embedding_learning_rate: float | None, peak_tflops_per_gpu: float | None) -> None:
         self.embedding_learning_rate = embedding_learning_rate
         self.flops_per_token = flops_per_token(self.model, self.args.max_length)
         self.peak_flops = (peak_tflops(peak_tflops_per_gpu) or 0.0) * 1e12
         self._tokens, self._since = 0, None
+        self.add_callback(StopWhenNothingLeftToTrain())
+
+    def train(self, *args, **kwargs):
+        """Trainer.train; None, with the checkpoint's weights, optimizer and state loaded, where it had
+        nothing left to train."""
+        try:
+            return super().train(*args, **kwargs)
+        except NothingLeftToTrain:
+            self.is_in_train = False
+            return None
 
     def create_optimizer(self, model=None):
         if self.optimizer is not None or not getattr(self, "embedding_learning_rate", None):
