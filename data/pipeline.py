@@ -9,7 +9,7 @@ for near-duplicate detection).
 
 Outputs in ``output_dir``: ``data/part-*.parquet`` (kept), ``rejected/part-*.parquet`` (with ``stage`` and
 ``reason``), ``report.json``, ``report.md``, ``report.png`` and the resolved ``recipe.yaml``, written through
-``data.io.atomic_directory``: a crash leaves the previous result untouched, and the same recipe and inputs
+``indictune.core.io.atomic_directory``: a crash leaves the previous result untouched, and the same recipe and inputs
 give byte-identical files.
 """
 
@@ -30,19 +30,19 @@ import pyarrow.parquet as pq
 import yaml
 from tqdm.auto import tqdm
 
-from data import report as reporting
-from data.io import atomic_directory
-from data.readers import Source, read
-from data.recipe import field, to_dict
-from data.stages import CorpusStage, Record, Stage
-from data.stages.asr import Asr, AsrConfig
-from data.stages.decontaminate import Decontaminate, DecontaminateConfig
-from data.stages.dedup import Dedup, DedupConfig, RepeatedLines, RepeatedLinesConfig
-from data.stages.identify import Identify, IdentifyConfig
-from data.stages.normalize import Normalize, NormalizeConfig
-from data.stages.ocr import Ocr, OcrConfig
-from data.stages.pii import Pii, PiiConfig
-from data.stages.quality import Quality, QualityConfig
+from indictune.data import report as reporting
+from indictune.core.io import atomic_directory
+from indictune.data.readers import Source, read
+from indictune.core.recipe import field, to_dict
+from indictune.data.stages import CorpusStage, Record, Stage
+from indictune.data.stages.asr import Asr, AsrConfig
+from indictune.data.stages.decontaminate import Decontaminate, DecontaminateConfig
+from indictune.data.stages.dedup import Dedup, DedupConfig, RepeatedLines, RepeatedLinesConfig
+from indictune.data.stages.identify import Identify, IdentifyConfig
+from indictune.data.stages.normalize import Normalize, NormalizeConfig
+from indictune.data.stages.ocr import Ocr, OcrConfig
+from indictune.data.stages.pii import Pii, PiiConfig
+from indictune.data.stages.quality import Quality, QualityConfig
 
 
 @dataclass

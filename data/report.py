@@ -7,7 +7,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from data.stages import Record
+from indictune.data.stages import Record
 
 # Annotation columns that count edits made inside kept text; their totals go in the report.
 EDIT_COLUMNS = ("ocr_lines_removed", "ocr_confusions_repaired", "asr_segments_dropped", "asr_tags_removed",

@@ -2,7 +2,7 @@
 
 A checkpoint folder overwritten in any way gets a new key, so its stale results are never served:
 file hashes are content hashes, remembered only while the file's inode, size, mtime and ctime stay
-the same (see data/hashing.py), so an 8B model is read once, not on every evaluation.
+the same (see core/hashing.py), so an 8B model is read once, not on every evaluation.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from data.hashing import cache_root, folder_sha256
-from data.io import atomic_write_text
+from indictune.core.hashing import folder_sha256
+from indictune.core.paths import cache_root
+from indictune.core.io import atomic_write_text
 
 # Bump when scoring changes in a way that changes results.
 SCORING_VERSION = "2"

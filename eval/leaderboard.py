@@ -17,9 +17,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.io import atomic_write_text
-from data.recipe import field
-from eval import store
+from indictune.core.io import atomic_write_text
+from indictune.core.recipe import field
+from indictune.eval import store
 
 METRIC_NAMES = {
     "bits_per_character": "bits per character",

@@ -26,16 +26,16 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from data import languages
-from data.hashing import tokenizer_sha256
-from data.io import atomic_write_text
-from data.recipe import check_ranges, field, to_dict
-from eval import cache, store
-from eval.metrics import (bits_per_unit, choice_correct, chrf_from_statistics, chrf_statistics, exact_match, mcnemar_p,
+from indictune.core import languages
+from indictune.core.hashing import tokenizer_sha256
+from indictune.core.io import atomic_write_text
+from indictune.core.recipe import check_ranges, field, to_dict
+from indictune.eval import cache, store
+from indictune.eval.metrics import (bits_per_unit, choice_correct, chrf_from_statistics, chrf_statistics, exact_match, mcnemar_p,
                           mean_delta, out_of_range, paired_bootstrap, paired_bootstrap_delta, token_f1)
-from eval.scoring import InputTooLong, ScoringError, choice_loglikelihoods, generate, text_nll
-from eval.tasks import MissingTaskData, Task, chunks, load_task
-from training.lineage import code_commit
+from indictune.eval.scoring import InputTooLong, ScoringError, choice_loglikelihoods, generate, text_nll
+from indictune.eval.tasks import MissingTaskData, Task, chunks, load_task
+from indictune.core.lineage import code_commit
 
 
 class EvalError(ValueError):

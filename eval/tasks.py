@@ -9,7 +9,7 @@ Three types:
   token F1 (extractive QA).
 
 Prompts, choices and targets are Jinja templates over the record's fields; ``doc`` is the record
-itself (for field names with spaces), ``language`` the language's row of data/languages.py and
+itself (for field names with spaces), ``language`` the language's row of core/languages.py and
 ``lit`` the task's words for that language (``literals``). Data paths may use ``{lang}``,
 ``{flores}``, ``{name}`` (the language's codes and English name), ``{shared}``
 (``$INDICTUNE_SHARED_DATA``, default ``../shared/data``) and ``{eval_data}`` (``$INDICTUNE_EVAL_DATA``,
@@ -31,8 +31,9 @@ from typing import Any, Literal
 from jinja2 import StrictUndefined, TemplateError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from data import languages
-from data.recipe import RecipeError, build, check_ranges, field, read_yaml
+from indictune.core.paths import eval_data_dir, shared_data_dir
+from indictune.core import languages
+from indictune.core.recipe import RecipeError, build, check_ranges, field, read_yaml
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 _JINJA = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
@@ -254,8 +255,7 @@ def _offline() -> bool:
 def _fill(template: str, lang: str) -> str:
     language = languages.get(lang)
     return template.format(lang=language.code, flores=language.flores, name=language.name,
-                           shared=os.environ.get("INDICTUNE_SHARED_DATA", "../shared/data"),
-                           eval_data=os.environ.get("INDICTUNE_EVAL_DATA", "eval-data"))
+                           shared=str(shared_data_dir()), eval_data=str(eval_data_dir()))
 
 
 def _lines(path: Path) -> list[str]:

@@ -31,13 +31,14 @@ import sys
 import time
 from pathlib import Path
 
-from data.readers import Source, read
-from data.stages.dedup import Dedup, DedupConfig
-from data.stages.identify import Identify, IdentifyConfig
-from data.stages.normalize import Normalize, NormalizeConfig
-from data.stages.pii import Pii, PiiConfig
-from data.stages.quality import Quality, QualityConfig
-from data import text as text_units
+from indictune.core.paths import shared_data_dir
+from indictune.data.readers import Source, read
+from indictune.data.stages.dedup import Dedup, DedupConfig
+from indictune.data.stages.identify import Identify, IdentifyConfig
+from indictune.data.stages.normalize import Normalize, NormalizeConfig
+from indictune.data.stages.pii import Pii, PiiConfig
+from indictune.data.stages.quality import Quality, QualityConfig
+from indictune.core import text as text_units
 
 DUMPS = {"mr": "mrwiki-truncated-100k.xml.xz", "bn": "bnwiki-truncated-100k.xml.xz"}
 FINEWEB2 = {  # configs/<lang>.yml of huggingface/fineweb-2
@@ -76,7 +77,7 @@ def datatrove_cleaning(records: list[dict]) -> float:
     from datatrove.pipeline.filters import FineWebQualityFilter, GopherQualityFilter, GopherRepetitionFilter
     from datatrove.pipeline.formatters import FTFYFormatter, PIIFormatter
 
-    from data import languages
+    from indictune.core import languages
 
     chains = {}
     for lang, c in FINEWEB2.items():
@@ -174,7 +175,7 @@ def dedup_accuracy(corpus: list[dict], truth: dict[str, str]) -> tuple[float, fl
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shared", default=os.environ.get("INDICTUNE_SHARED_DATA", "../shared/data"))
+    parser.add_argument("--shared", default=str(shared_data_dir()))
     parser.add_argument("--planted", type=int, default=200, help="near-duplicate copies to plant")
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args(argv)

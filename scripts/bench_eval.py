@@ -22,9 +22,10 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaTokenizer
 
-from data.recipe import field, parse_cli
-from eval.scoring import choice_loglikelihoods
-from eval.tasks import load_task
+from indictune.core.paths import shared_data_dir
+from indictune.core.recipe import field, parse_cli
+from indictune.eval.scoring import choice_loglikelihoods
+from indictune.eval.tasks import load_task
 
 MODELS = {
     # A small Llama for CPU runs, and Llama-3.1-8B's own shape for a GPU.
@@ -52,7 +53,7 @@ class BenchConfig:
 
 
 def load_tokenizer(spec: str):
-    path = Path(spec.format(shared=os.environ.get("INDICTUNE_SHARED_DATA", "../shared/data")))
+    path = Path(spec.format(shared=shared_data_dir()))
     if path.is_file():  # a bare SentencePiece model: its folder loads as a Llama tokenizer
         return LlamaTokenizer.from_pretrained(path.parent, add_bos_token=True)
     return AutoTokenizer.from_pretrained(path)

@@ -16,8 +16,8 @@ from datasets import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM
 from trl import pack_dataset
 
-from data.recipe import parse_cli
-from training.packing import PackedCollator
+from indictune.core.recipe import parse_cli
+from indictune.training.packing import PackedCollator
 
 
 @dataclass

@@ -23,9 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from data.readers import Source, read
-from training.tokenizer import bytelevel, spm
-from training.tokenizer.fertility import fertility
+from indictune.core.paths import shared_data_dir
+from indictune.data.readers import Source, read
+from indictune.training.tokenizer import bytelevel, spm
+from indictune.training.tokenizer.fertility import fertility
 
 TEN = {"hi": "hin_Deva", "mr": "mar_Deva", "bn": "ben_Beng", "pa": "pan_Guru", "gu": "guj_Gujr", "ta": "tam_Taml",
        "te": "tel_Telu", "kn": "kan_Knda", "ml": "mal_Mlym", "or": "ory_Orya"}
@@ -78,7 +79,7 @@ def measure(tokenizers: dict, heldout: dict[str, list[str]]) -> dict[str, dict[s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shared", default=os.environ.get("INDICTUNE_SHARED_DATA", "../shared/data"))
+    parser.add_argument("--shared", default=str(shared_data_dir()))
     parser.add_argument("--pieces", type=int, default=32000)
     parser.add_argument("--temperature", type=float, default=2.0)
     args = parser.parse_args(argv)
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     goals, report = {}, []
 
     # Llama-3: byte-level BPE
-    from training.tokenizer.build import extend_byte_level
+    from indictune.training.tokenizer.build import extend_byte_level
 
     base3 = bytelevel.from_tiktoken(shared / "tokenizers" / "llama3" / "tokenizer.model")
     start = time.perf_counter()

@@ -35,11 +35,11 @@ from tokenizers import Tokenizer, models
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast, TrainerCallback
 from trl import SFTConfig, SFTTrainer, pack_dataset
 
-from data.recipe import field, parse_cli
-from training.model import attention_implementation
-from training.packing import PackedCollator
-from training.throughput import flops_per_token, peak_tflops
-from training.trainer import PretrainingTrainer
+from indictune.core.recipe import field, parse_cli
+from indictune.training.model import attention_implementation
+from indictune.training.packing import PackedCollator
+from indictune.training.throughput import flops_per_token, peak_tflops
+from indictune.training.trainer import PretrainingTrainer
 
 ARCHITECTURES = {
     "llama-3.1-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,

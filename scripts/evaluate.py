@@ -3,9 +3,9 @@
     python scripts/evaluate.py --config recipes/eval/<suite>.yaml --model ID_OR_DIR [--adapter DIR ...] [--base ID_OR_DIR]
 """
 
-from data.recipe import RecipeError, parse_cli
-from eval.suite import EvalConfig, EvalError, evaluate
-from eval.tasks import MissingTaskData
+from indictune.core.recipe import RecipeError, parse_cli
+from indictune.eval.suite import EvalConfig, EvalError, evaluate
+from indictune.eval.tasks import MissingTaskData
 
 
 def main() -> None:

@@ -6,8 +6,8 @@ Without base_tokenizer it trains a new tokenizer instead (the demo's tiny base m
 """
 
 
-from data.recipe import parse_cli
-from training.tokenizer.build import TokenizerConfig, build
+from indictune.core.recipe import parse_cli
+from indictune.training.tokenizer.build import TokenizerConfig, build
 
 
 def main() -> None:

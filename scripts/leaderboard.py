@@ -5,8 +5,8 @@
 
 from pathlib import Path
 
-from data.recipe import parse_cli
-from eval.leaderboard import LeaderboardConfig, LeaderboardError, render
+from indictune.core.recipe import parse_cli
+from indictune.eval.leaderboard import LeaderboardConfig, LeaderboardError, render
 
 
 def main() -> None:

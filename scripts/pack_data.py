@@ -14,8 +14,8 @@ import sys
 import torch
 from transformers import AutoTokenizer
 
-from training import config
-from training.packing import packed_dataset
+from indictune.training import config
+from indictune.training.packing import packed_dataset
 
 
 def main(argv: list[str] | None = None):

@@ -3,8 +3,8 @@
     python scripts/prepare_data.py --config recipes/data/sample.yaml [--output_dir DIR] [--key value ...]
 """
 
-from data import pipeline
-from data.recipe import parse_cli
+from indictune.data import pipeline
+from indictune.core.recipe import parse_cli
 
 
 def main() -> None:

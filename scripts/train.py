@@ -16,11 +16,12 @@ from accelerate import PartialState
 from peft import get_peft_model
 from transformers import AutoTokenizer, set_seed
 
-from training import checkpoint, config, lineage
-from training.data import load_chat, parquet_files
-from training.model import fit_to_tokenizer, load_model, lora_config, require_trained_tokens
-from training.packing import collator, packed_dataset
-from training.trainer import ChatTrainer, PretrainingTrainer
+from indictune.training import checkpoint, config, lineage
+from indictune.data.corpus import parquet_files
+from indictune.training.data import load_chat
+from indictune.training.model import fit_to_tokenizer, load_model, lora_config, require_trained_tokens
+from indictune.training.packing import collator, packed_dataset
+from indictune.training.trainer import ChatTrainer, PretrainingTrainer
 
 
 def main(argv: list[str] | None = None):

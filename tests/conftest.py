@@ -45,7 +45,8 @@ def planted() -> dict:
 @pytest.fixture(scope="session")
 def prepared_sample(tmp_path_factory) -> tuple[Path, dict]:
     """The sample corpus through the data pipeline: (output dir, report)."""
-    from data import pipeline, recipe
+    from indictune.core import recipe
+    from indictune.data import pipeline
 
     out = tmp_path_factory.mktemp("prepared") / "sample"
     config = recipe.load(pipeline.PrepareConfig, REPO / "recipes/data/sample.yaml", [f"--output_dir={out}"])
@@ -55,7 +56,7 @@ def prepared_sample(tmp_path_factory) -> tuple[Path, dict]:
 @pytest.fixture(scope="session")
 def base_tokenizer_dir(prepared_sample, tmp_path_factory) -> Path:
     """A small SentencePiece tokenizer trained on the sample's English only, like the demo's base."""
-    from training.tokenizer.build import TokenizerConfig, build
+    from indictune.training.tokenizer.build import TokenizerConfig, build
 
     out = tmp_path_factory.mktemp("tokenizers") / "base"
     build(TokenizerConfig(output_dir=str(out), train_data=[str(prepared_sample[0])], languages=["en"], vocab_size=600))
@@ -64,7 +65,7 @@ def base_tokenizer_dir(prepared_sample, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def extended_tokenizer_dir(prepared_sample, base_tokenizer_dir, tmp_path_factory) -> Path:
-    from training.tokenizer.build import TokenizerConfig, build
+    from indictune.training.tokenizer.build import TokenizerConfig, build
 
     out = tmp_path_factory.mktemp("tokenizers") / "extended"
     build(TokenizerConfig(
@@ -81,7 +82,7 @@ def byte_level_tokenizer_dirs(prepared_sample, tmp_path_factory) -> tuple[Path, 
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from training.tokenizer.build import TokenizerConfig, build
+    from indictune.training.tokenizer.build import TokenizerConfig, build
 
     english = (SAMPLE / "heldout/en.txt").read_text().splitlines() + (SAMPLE / "web/en.jsonl").read_text().splitlines()
     bpe = Tokenizer(models.BPE())

@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer
 
-from data.recipe import RecipeError
-from eval import leaderboard, store
-from eval.metrics import LN2, bits_per_unit, paired_bootstrap_delta
-from eval.scoring import text_nll
-from eval.suite import EvalConfig, evaluate
-from eval.tasks import chunks, load_task
+from indictune.core.recipe import RecipeError
+from indictune.eval import leaderboard, store
+from indictune.eval.metrics import LN2, bits_per_unit, paired_bootstrap_delta
+from indictune.eval.scoring import text_nll
+from indictune.eval.suite import EvalConfig, evaluate
+from indictune.eval.tasks import chunks, load_task
 
 from conftest import lora_adapter, tiny_llama, write_copa
 
@@ -133,7 +133,7 @@ def test_english_regression_is_flagged_only_beyond_the_interval():
 def test_choices_scored_on_a_shared_context_equal_whole_sequences(long_base_dir):
     from transformers import AutoModelForCausalLM
 
-    from eval.scoring import choice_loglikelihoods, encode_pair
+    from indictune.eval.scoring import choice_loglikelihoods, encode_pair
 
     tokenizer = AutoTokenizer.from_pretrained(long_base_dir)
     model = AutoModelForCausalLM.from_pretrained(long_base_dir).eval()
@@ -189,7 +189,7 @@ def test_adapters_swap_on_one_base_and_match_single_runs(tmp_path, long_base_dir
 def test_cached_results_are_reused_until_the_weights_change(tmp_path, long_base_dir, monkeypatch):
     import shutil
 
-    from eval import suite
+    from indictune.eval import suite
 
     model_dir = tmp_path / "checkpoint"
     shutil.copytree(long_base_dir, model_dir)
@@ -234,7 +234,7 @@ def html_escape(text):
 
 
 def test_cached_results_are_not_reused_when_the_task_data_changes(tmp_path, long_base_dir, monkeypatch):
-    from eval import suite
+    from indictune.eval import suite
 
     text = tmp_path / "hi.txt"
     text.write_text("पहला अनुच्छेद यहाँ है।\nदूसरा अनुच्छेद।\n")

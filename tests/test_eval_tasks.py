@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 from sacrebleu.metrics import CHRF
 
-from data.recipe import build
-from eval.metrics import (chrf_from_statistics, chrf_statistics, choice_correct, exact_match, mcnemar_p, mean_delta,
+from indictune.core.recipe import build
+from indictune.eval.metrics import (chrf_from_statistics, chrf_statistics, choice_correct, exact_match, mcnemar_p, mean_delta,
                           normalize_answer, paired_bootstrap_delta, token_f1)
-from eval.tasks import MissingTaskData, Task, load_task
+from indictune.eval.tasks import MissingTaskData, Task, load_task
 
 COPA = [
     {"premise": "लड़का गिर गया।", "choice1": "वह फिसल गया।", "choice2": "वह हँसा।", "question": "cause", "label": 0},
@@ -125,7 +125,7 @@ def test_missing_data_offline_names_the_task_and_the_path(tmp_path, monkeypatch)
 
 
 def test_every_shipped_task_parses_and_its_templates_render():
-    from eval.tasks import TASKS_DIR
+    from indictune.eval.tasks import TASKS_DIR
 
     fields = {"premise": "p", "choice1": "a", "choice2": "b", "question": "cause", "label": 1, "review": "r",
               "hypothesis": "h", "context": "c", "option1": "1", "option2": "2", "option3": "3", "option4": "4",

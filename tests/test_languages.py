@@ -2,7 +2,7 @@ import unicodedata
 
 import pytest
 
-from data import languages
+from indictune.core import languages
 
 EIGHTH_SCHEDULE_NAMES = {
     "Assamese", "Bengali", "Bodo", "Dogri", "Gujarati", "Hindi", "Kannada", "Kashmiri", "Konkani", "Maithili",

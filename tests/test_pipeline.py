@@ -8,8 +8,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from data import pipeline, recipe
-from data.readers import Source
+from indictune.core import recipe
+from indictune.data import pipeline
+from indictune.data.readers import Source
 
 REPO = Path(__file__).resolve().parent.parent
 

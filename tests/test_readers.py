@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data.readers import Source, read
+from indictune.data.readers import Source, read
 
 
 def records(tmp_path, name, content, **source):

@@ -9,11 +9,12 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer, LlamaTokenizer
 
-from data import pipeline, recipe
-from data.stages.identify import guess_language
-from eval.tasks import load_task
+from indictune.core import recipe
+from indictune.data import pipeline
+from indictune.data.stages.identify import guess_language
+from indictune.eval.tasks import load_task
 from tests.conftest import shared_data_dir
-from training.tokenizer.build import TokenizerConfig, build
+from indictune.training.tokenizer.build import TokenizerConfig, build
 
 REPO = Path(__file__).resolve().parent.parent
 FLORES = ["hin_Deva", "mar_Deva", "ben_Beng", "tam_Taml", "tel_Telu", "kan_Knda", "mal_Mlym", "guj_Gujr", "pan_Guru",
@@ -144,8 +145,8 @@ def test_wikipedia_dumps_end_to_end(prepared_mix):
 
 
 def test_tamil_asr_cleanup_moves_raw_transcripts_toward_the_upstream_cleaned_ones(shared_data):
-    from data.stages.asr import Asr, AsrConfig
-    from data.stages.normalize import normalize_text
+    from indictune.data.stages.asr import Asr, AsrConfig
+    from indictune.data.stages.normalize import normalize_text
 
     folder = shared_data / "asr_tamil_cv_openslr_iitm_msr"
     raw = dict(line.split("\t", 1) for line in (folder / "cv8_ta_test_transcription_unprocessed.head1000.txt").read_text().splitlines())
@@ -163,8 +164,8 @@ def test_tamil_asr_cleanup_moves_raw_transcripts_toward_the_upstream_cleaned_one
 
 
 def test_gujarati_ocr_cleanup_does_not_raise_character_error_rate(shared_data):
-    from data.stages.normalize import normalize_text
-    from data.stages.ocr import Ocr, OcrConfig
+    from indictune.data.stages.normalize import normalize_text
+    from indictune.data.stages.ocr import Ocr, OcrConfig
 
     folder = shared_data / "ocr_gujarati_tesseract_eval"
     ocr_lines = (folder / "ocr-Gujarati_fast-guj-ALL.txt").read_text().split("\n")
@@ -201,8 +202,8 @@ def test_flores_dev_is_kept_intact(prepared_shared):
 
 
 def test_decontamination_against_flores_finds_leaks_and_spares_other_text(shared_data):
-    from data.readers import Source, read
-    from data.stages.decontaminate import Decontaminate, DecontaminateConfig
+    from indictune.data.readers import Source, read
+    from indictune.data.stages.decontaminate import Decontaminate, DecontaminateConfig
 
     stage = Decontaminate(DecontaminateConfig(paths=[str(shared_data / "flores200" / "dev" / "*.dev")]))
     flores_hi = (shared_data / "flores200" / "dev" / "hin_Deva.dev").read_text().splitlines()
@@ -220,7 +221,7 @@ def test_extend_the_llama3_tiktoken_tokenizer(shared_data, tmp_path):
 
     import pyarrow as pa
 
-    from training.tokenizer import bytelevel
+    from indictune.training.tokenizer import bytelevel
 
     flores = {"hi": "hin_Deva", "ta": "tam_Taml", "bn": "ben_Beng"}
     news = {"hi": "Hindi", "ta": "Tamil", "bn": "Bengal"}
@@ -275,7 +276,7 @@ def test_extend_the_llama3_tiktoken_tokenizer(shared_data, tmp_path):
 def test_offline_suite_on_real_data_flores_xquad_and_indicnews(shared_data, tmp_path, base_tokenizer_dir):
     """FLORES bits per byte and chrF++, XQuAD Hindi as extractive QA and IndicNews as classification,
     a tiny model against itself: every score is there, every delta is zero."""
-    from eval.suite import EvalConfig, evaluate
+    from indictune.eval.suite import EvalConfig, evaluate
     from tests.conftest import tiny_llama
 
     tokenizer = AutoTokenizer.from_pretrained(base_tokenizer_dir)

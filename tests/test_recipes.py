@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from data import pipeline, recipe
-from eval.suite import EvalConfig
-from training import config as training_config
-from training.tokenizer.build import TokenizerConfig
+from indictune.core import recipe
+from indictune.data import pipeline
+from indictune.eval.suite import EvalConfig
+from indictune.training import config as training_config
+from indictune.training.tokenizer.build import TokenizerConfig
 
 REPO = Path(__file__).resolve().parent.parent
 

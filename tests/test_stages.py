@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from data.stages.asr import Asr, AsrConfig, collapse_loops
-from data.stages.dedup import Dedup, DedupConfig, RepeatedLines, RepeatedLinesConfig
-from data.stages.identify import Identify, IdentifyConfig, guess_language
-from data.stages.normalize import normalize_text
-from data.stages.ocr import Ocr, OcrConfig
-from data.stages.pii import redact, verhoeff_valid
-from data.stages.quality import Quality, QualityConfig, character_ratios, duplicate_ngram_fraction
-from data.text import comparison_key, words
+from indictune.data.stages.asr import Asr, AsrConfig, collapse_loops
+from indictune.data.stages.dedup import Dedup, DedupConfig, RepeatedLines, RepeatedLinesConfig
+from indictune.data.stages.identify import Identify, IdentifyConfig, guess_language
+from indictune.data.stages.normalize import normalize_text
+from indictune.data.stages.ocr import Ocr, OcrConfig
+from indictune.data.stages.pii import redact, verhoeff_valid
+from indictune.data.stages.quality import Quality, QualityConfig, character_ratios, duplicate_ngram_fraction
+from indictune.core.text import comparison_key, words
 
 HELDOUT = Path(__file__).resolve().parent.parent / "data" / "sample" / "heldout"
 
@@ -302,7 +302,7 @@ def test_ocr_gates_on_word_confidence_and_repairs_two_part_vowels():
 
 
 def test_asr_drops_repetitive_paragraphs_by_folded_compression_and_implausible_rates():
-    from data.stages.asr import folded_compression_ratio
+    from indictune.data.stages.asr import folded_compression_ratio
 
     prose = (HELDOUT / "hi.txt").read_text()
     assert folded_compression_ratio(prose) < 2.4 < len(prose.encode()) / len(__import__("zlib").compress(prose.encode()))
@@ -318,7 +318,7 @@ def test_asr_drops_repetitive_paragraphs_by_folded_compression_and_implausible_r
 
 
 def test_decontaminate_drops_documents_sharing_13_grams_with_eval_sets(tmp_path):
-    from data.stages.decontaminate import Decontaminate, DecontaminateConfig
+    from indictune.data.stages.decontaminate import Decontaminate, DecontaminateConfig
 
     eval_sentence = "भारत के उत्तर में हिमालय पर्वत है जो दुनिया की सबसे ऊँची पर्वत श्रृंखला मानी जाती है"
     (tmp_path / "dev.txt").write_text(f"{eval_sentence}\nबहुत छोटा\n")
@@ -333,7 +333,7 @@ def test_decontaminate_drops_documents_sharing_13_grams_with_eval_sets(tmp_path)
 
 
 def test_a_broken_evaluation_file_names_its_line(tmp_path):
-    from data.stages.decontaminate import Decontaminate, DecontaminateConfig
+    from indictune.data.stages.decontaminate import Decontaminate, DecontaminateConfig
 
     (tmp_path / "eval.jsonl").write_text('{"q": "ठीक"}\n{"q": \n')
     with pytest.raises(ValueError, match=r"eval\.jsonl line 2 is not JSON"):

@@ -8,10 +8,10 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from data import languages
-from training.tokenizer import spm
-from training.tokenizer.embeddings import base_pieces, resize_for_tokenizer
-from training.tokenizer.fertility import fertility
+from indictune.core import languages
+from indictune.training.tokenizer import spm
+from indictune.training.tokenizer.embeddings import base_pieces, resize_for_tokenizer
+from indictune.training.tokenizer.fertility import fertility
 
 from conftest import tiny_llama
 
@@ -150,7 +150,7 @@ def _shuffled(tokenizer):
 def test_byte_level_bpe_extension_adds_reachable_tokens_and_keeps_base_ids():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from training.tokenizer import bytelevel
+    from indictune.training.tokenizer import bytelevel
 
     heldout = Path(__file__).resolve().parent.parent / "data" / "sample" / "heldout"
     english = heldout.joinpath("en.txt").read_text().splitlines()
@@ -203,7 +203,7 @@ def test_new_rows_are_the_same_when_the_model_is_sharded_by_zero3(base_tokenizer
 
 
 def test_pieces_per_language_trains_each_language_its_own_pieces(prepared_sample, base_tokenizer_dir, tmp_path):
-    from training.tokenizer.build import TokenizerConfig, build
+    from indictune.training.tokenizer.build import TokenizerConfig, build
 
     summary = build(TokenizerConfig(output_dir=str(tmp_path / "tok"), train_data=[str(prepared_sample[0])],
                                     base_tokenizer=str(base_tokenizer_dir), pieces_per_language={"hi": 500, "tam_Taml": 500}))
@@ -218,13 +218,13 @@ def test_pieces_per_language_trains_each_language_its_own_pieces(prepared_sample
 
 
 def test_byte_level_pieces_per_language_take_turns():
-    from training.tokenizer import bytelevel
+    from indictune.training.tokenizer import bytelevel
 
     assert bytelevel.interleave([[("a", "b"), ("ab", "c")], [("x", "y")]]) == [("a", "b"), ("x", "y"), ("ab", "c")]
 
 
 def test_plain_text_files_can_be_the_training_text(base_tokenizer_dir, tmp_path):
-    from training.tokenizer.build import TokenizerConfig, build
+    from indictune.training.tokenizer.build import TokenizerConfig, build
 
     heldout = Path(__file__).resolve().parent.parent / "data" / "sample" / "heldout"
     summary = build(TokenizerConfig(output_dir=str(tmp_path / "tok"), base_tokenizer=str(base_tokenizer_dir),

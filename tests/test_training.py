@@ -20,10 +20,10 @@ from peft import AutoPeftModelForCausalLM
 from transformers import AutoTokenizer
 from trl import SFTConfig
 
-from data.hashing import folder_sha256
-from training import checkpoint
-from training.packing import PackedCollator, mix, pack, tokenize
-from training.throughput import flops_per_token
+from indictune.core.hashing import folder_sha256
+from indictune.training import checkpoint
+from indictune.training.packing import PackedCollator, mix, pack, tokenize
+from indictune.training.throughput import flops_per_token
 
 from conftest import tiny_llama
 
@@ -129,7 +129,7 @@ def test_full_training_from_a_config(tmp_path, prepared_sample, base_tokenizer_d
 
 
 def test_a_hub_model_not_on_this_machine_has_no_weights_to_hash():
-    from training.lineage import local_model_folder
+    from indictune.training.lineage import local_model_folder
 
     assert local_model_folder("indictune-tests/no-such-model") is None  # HF_HUB_OFFLINE, as on a cluster node
 
@@ -359,7 +359,7 @@ def test_languages_mix_by_temperature_with_an_english_replay_share():
 def test_packed_data_is_built_once_and_keyed_by_what_it_depends_on(
     tmp_path, prepared_sample, tiny_base_dir, extended_tokenizer_dir, monkeypatch
 ):
-    from training import config, packing
+    from indictune.training import config, packing
 
     monkeypatch.setenv("INDICTUNE_CACHE", str(tmp_path / "cache"))
     argv = train_argv(tmp_path, prepared_sample[0], tiny_base_dir, extended_tokenizer_dir)
@@ -496,7 +496,7 @@ def test_each_model_recipe_trains_on_a_tiny_model_of_its_architecture(
     """Everything in the recipe but the model's size and the data: its LoRA targets, trainable rows,
     chat template, packing, activation checkpointing, mixing and merging, on the model's real code,
     with a tokenizer of the model's kind (byte-level BPE for Llama-3 and Qwen, SentencePiece otherwise)."""
-    from data.recipe import read_yaml
+    from indictune.core.recipe import read_yaml
 
     settings = read_yaml(recipe)
     if recipe.parent.name.startswith(("llama-3", "qwen")):

@@ -13,11 +13,11 @@ import stat
 import pytest
 from transformers import AutoTokenizer
 
-from data.recipe import RecipeError, build
-from eval import leaderboard, store
-from eval.metrics import out_of_range
-from eval.suite import EvalConfig, EvalError, TaskRun, evaluate
-from eval.tasks import Task, chunks, load_task
+from indictune.core.recipe import RecipeError, build
+from indictune.eval import leaderboard, store
+from indictune.eval.metrics import out_of_range
+from indictune.eval.suite import EvalConfig, EvalError, TaskRun, evaluate
+from indictune.eval.tasks import Task, chunks, load_task
 
 from conftest import lora_adapter, tiny_llama, write_copa
 
@@ -119,7 +119,7 @@ def test_an_adapter_on_another_base_is_refused_unless_allowed_and_then_shown(tmp
 
 
 def test_the_base_weight_hash_in_the_lineage_decides_over_names(tmp_path, two_bases):
-    from data.hashing import folder_sha256
+    from indictune.core.hashing import folder_sha256
 
     trained_on, other, adapter = two_bases
     (adapter / "lineage.json").write_text(json.dumps({"base_weights_sha256": folder_sha256(trained_on)}))

@@ -10,7 +10,7 @@ import torch, deepspeed
 from transformers import AutoTokenizer, LlamaForCausalLM
 from transformers.integrations import HfDeepSpeedConfig
 sys.path.insert(0, os.getcwd())
-from training.tokenizer.embeddings import resize_for_tokenizer
+from indictune.training.tokenizer.embeddings import resize_for_tokenizer
 
 model_dir, base_dir, ext_dir, zero3 = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[5] == "1"
 ds = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}}

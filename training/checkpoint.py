@@ -27,9 +27,9 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 from transformers.integrations import deepspeed as hf_deepspeed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from data.io import atomic_directory
-from training import lineage
-from training.tokenizer.embeddings import gathered
+from indictune.core.io import atomic_directory
+from indictune.training import lineage
+from indictune.training.tokenizer.embeddings import gathered
 
 # Recipe keys that cannot change the trained weights: where outputs, logs and checkpoints go and how often,
 # data loader workers, the hub, this process's rank. Every other key, and any key added later, counts.

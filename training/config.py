@@ -16,7 +16,7 @@ from typing import Literal
 
 from trl import ModelConfig, SFTConfig, TrlParser
 
-from data.recipe import RecipeError, read_yaml, unknown_key_error
+from indictune.core.recipe import RecipeError, read_yaml, unknown_key_error
 
 
 @dataclass
@@ -36,7 +36,7 @@ class IndictuneArguments:
         },
     )
     languages: list[str] | None = field(
-        default=None, metadata={"help": "Train on these languages only (codes from data/languages.py)."}
+        default=None, metadata={"help": "Train on these languages only (codes from core/languages.py)."}
     )
     language_temperature: float = field(
         default=1.0,

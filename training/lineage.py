@@ -6,24 +6,13 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import subprocess
 from pathlib import Path
 
 import yaml
 
-from data.hashing import file_sha256, folder_sha256, tokenizer_sha256
-from data.io import atomic_write_text
-
-
-def code_commit() -> str | None:
-    """The commit of the code that ran, with ``-dirty`` if it had uncommitted changes."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return commit.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
+from indictune.core.hashing import file_sha256, folder_sha256, tokenizer_sha256
+from indictune.core.io import atomic_write_text
+from indictune.core.lineage import code_commit
 
 
 def data_record(path: str) -> dict:

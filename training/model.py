@@ -11,8 +11,8 @@ from peft import LoraConfig
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig, SFTConfig, get_peft_config
 
-from training.config import IndictuneArguments
-from training.tokenizer.embeddings import gathered, resize_for_tokenizer
+from indictune.training.config import IndictuneArguments
+from indictune.training.tokenizer.embeddings import gathered, resize_for_tokenizer
 
 
 def attention_implementation(requested: str | None = None) -> str:

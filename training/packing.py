@@ -28,9 +28,10 @@ import datasets
 from trl import SFTConfig, pack_dataset
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from data.hashing import cache_root as indictune_cache, file_sha256, tokenizer_sha256
-from training.data import load_corpus, parquet_files
-from training.mixing import repeat_to_quota, temperature_shares
+from indictune.core.hashing import file_sha256, tokenizer_sha256
+from indictune.core.paths import cache_root as indictune_cache
+from indictune.data.corpus import load_corpus, parquet_files
+from indictune.training.mixing import repeat_to_quota, temperature_shares
 
 FORMAT_VERSION = 1  # bump when the packed layout changes, so old caches are not reused
 

@@ -13,7 +13,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINING_ARGS_NAME
 from trl import SFTTrainer
 
-from training.throughput import flops_per_token, peak_tflops
+from indictune.training.throughput import flops_per_token, peak_tflops
 
 EMBEDDING_MARKERS = ("trainable_tokens_", "modules_to_save")
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from data import languages
-from data.recipe import field
+from indictune.core import languages
+from indictune.core.recipe import field
 
 Kind = Literal["web", "ocr", "asr"]
 
@@ -191,4 +191,4 @@ def read(source: Source) -> Iterator[dict[str, Any]]:
 
 
 # Importing the modules registers their formats.
-from data.readers import asr, mediawiki, ocr, web  # noqa: E402,F401
+from indictune.data.readers import asr, mediawiki, ocr, web  # noqa: E402,F401

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from data.readers import Source, json_objects, make_record, numbered_lines, read_text_file, reader
+from indictune.data.readers import Source, json_objects, make_record, numbered_lines, read_text_file, reader
 
 _TIMING = re.compile(r"(?P<start>[\d:.,]+)\s*-->\s*(?P<end>[\d:.,]+)")
 _MARKUP = re.compile(r"</?(?:i|b|u|c|v|lang|ruby|rt)(?:[.\s][^>]*)?>|<\d{1,2}:[\d:.]+>|\{\\[^}]*\}")

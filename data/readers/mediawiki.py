@@ -20,7 +20,7 @@ from typing import Any
 
 import mwparserfromhell
 
-from data.readers import Source, make_record, reader
+from indictune.data.readers import Source, make_record, reader
 
 _OPENERS = {".xz": lzma.open, ".bz2": bz2.open, ".gz": gzip.open}
 # Tags whose content is not prose: references, galleries, maths, code, timelines.

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from data.readers import Source, make_record, read_text_file, reader
+from indictune.data.readers import Source, make_record, read_text_file, reader
 
 
 def _not_utf8(source: Source, path: Path) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from data.readers import Source, json_objects, make_record, numbered_lines, read_text_file, reader
+from indictune.data.readers import Source, json_objects, make_record, numbered_lines, read_text_file, reader
 
 
 def _from_row(source: Source, path: Path, position: int, row: dict[str, Any], where: str) -> dict[str, Any]:

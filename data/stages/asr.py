@@ -19,9 +19,9 @@ from typing import Literal
 import pyarrow as pa
 import regex
 
-from data import languages
-from data.recipe import field
-from data.stages import Record, Stage
+from indictune.core import languages
+from indictune.core.recipe import field
+from indictune.data.stages import Record, Stage
 
 _TAG = regex.compile(
     r"\[[^\]\n]{1,40}\]|<[^>\n]{1,20}>|\((?:laughter|laughs|applause|music|noise|inaudible|cough|silence|"

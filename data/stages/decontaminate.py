@@ -18,9 +18,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data import text
-from data.recipe import field
-from data.stages import Record, Stage
+from indictune.core import text
+from indictune.core.recipe import field
+from indictune.data.stages import Record, Stage
 
 
 @dataclass

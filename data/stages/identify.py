@@ -20,9 +20,9 @@ from typing import Literal
 import pyarrow as pa
 import regex
 
-from data import languages, text
-from data.recipe import field
-from data.stages import Record, Stage
+from indictune.core import languages, text
+from indictune.core.recipe import field
+from indictune.data.stages import Record, Stage
 
 # Krutidev 010 / DevLys 010 spellings of frequent Hindi words: है का के की में और से को कि यह था भी पर एक नहीं हैं इस लिए
 KRUTIDEV_WORDS = frozenset("gS dk ds dh esa vkSj ls dks fd ;g Fkk Hkh ij ,d ugha gSa bl fy,".split())

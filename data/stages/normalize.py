@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
-from data import languages
-from data.recipe import field
-from data.stages import Record, Stage
+from indictune.core import languages
+from indictune.core.recipe import field
+from indictune.data.stages import Record, Stage
 
 _INDIC = "\u0900-\u0dff"
 # A colon between two Indic letters (not digits: "१०:३०" is a time) is a visarga slip; any other is a colon.

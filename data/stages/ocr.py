@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import pyarrow as pa
 import regex
 
-from data import languages
-from data.recipe import field
-from data.stages import Record, Stage
+from indictune.core import languages
+from indictune.core.recipe import field
+from indictune.data.stages import Record, Stage
 
 _PAGE_NUMBER = regex.compile(r"^[\s\-–—\[\](){}|.]*(?:\d+|[ivxlcdm]+)[\s\-–—\[\](){}|.]*$", regex.IGNORECASE)
 _DETACHED_SIGN = regex.compile(r"(?<=\p{L}\p{M}*)[ \u25cc]+(?=\p{M})")  # "क ि" or "क◌ि" -> "कि"

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from data import languages
-from data.recipe import field
-from data.stages import Record, Stage
+from indictune.core import languages
+from indictune.core.recipe import field
+from indictune.data.stages import Record, Stage
 
 # Verhoeff check digits: multiplication in the dihedral group D5, and the position permutation.
 _D5 = [

@@ -17,9 +17,9 @@ import numpy as np
 import pyarrow as pa
 import regex
 
-from data import languages, text
-from data.recipe import field
-from data.stages import Record, Stage
+from indictune.core import languages, text
+from indictune.core.recipe import field
+from indictune.data.stages import Record, Stage
 
 
 def duplicate_fraction(units: list[str]) -> float:

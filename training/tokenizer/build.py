@@ -25,12 +25,13 @@ import yaml
 from transformers import AutoTokenizer, LlamaTokenizer
 from transformers.utils import cached_file
 
-from data import languages
-from data.io import atomic_directory
-from data.recipe import field, to_dict
-from training.data import load_corpus
-from training.tokenizer import bytelevel, spm
-from training.tokenizer.fertility import fertility, fertility_table
+from indictune.core.paths import shared_data_dir
+from indictune.core import languages
+from indictune.core.io import atomic_directory
+from indictune.core.recipe import field, to_dict
+from indictune.data.corpus import load_corpus
+from indictune.training.tokenizer import bytelevel, spm
+from indictune.training.tokenizer.fertility import fertility, fertility_table
 
 
 @dataclass
@@ -69,7 +70,7 @@ class TokenizerConfig:
 
 def _heldout_path(pattern: str, code: str) -> Path:
     lang = languages.get(code)
-    shared = os.environ.get("INDICTUNE_SHARED_DATA", "../shared/data")
+    shared = str(shared_data_dir())
     return Path(pattern.format(lang=lang.code, flores=lang.flores, shared=shared))
 
 

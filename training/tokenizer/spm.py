@@ -18,7 +18,7 @@ from pathlib import Path
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as model_pb2
 
-from training.mixing import temperature_shares
+from indictune.training.mixing import temperature_shares
 
 NORMAL = model_pb2.ModelProto.SentencePiece.Type.NORMAL
 SENTINEL_SCORE = -1e6  # scores at or below this mark pieces a model wants merged after all others

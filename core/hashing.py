@@ -13,16 +13,12 @@ import json
 import os
 from pathlib import Path
 
-from data.io import atomic_write_text
+from indictune.core.io import atomic_write_text
+from indictune.core.paths import cache_root
 
 # Files whose bytes decide what a model or adapter computes. Pickled weights (*.bin) are hashed too so
 # that a folder holding them gets a distinct identity, though nothing here loads them.
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "config.json", "adapter_config.json", "generation_config.json")
-
-
-def cache_root() -> Path:
-    """Where indictune keeps caches: ``$INDICTUNE_CACHE``, default ``~/.cache/indictune``."""
-    return Path(os.environ.get("INDICTUNE_CACHE") or Path.home() / ".cache" / "indictune")
 
 
 def file_identity(path: str | Path) -> str:
