@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   create .venv, install, run the whole chain on the embedded sample (CPU, minutes)
-#   make test   create .venv if missing, install the dev extras, run the tests
+#   make test   create .venv if missing, install the dev extras, check the code (make lint), run the tests
+#   make lint   ruff format --check and ruff check (settings in pyproject.toml); `ruff format .` fixes the format
 # GPU users: install the torch build for your CUDA into .venv first (see README); it is kept.
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +10,7 @@ BIN := $(VENV)/bin
 #   make demo TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test clean
+.PHONY: install demo lint test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +25,11 @@ install: $(VENV)/.installed
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
 
-test: install
+lint: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+test: install lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
 clean:

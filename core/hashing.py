@@ -94,6 +94,9 @@ def tokenizer_sha256(tokenizer) -> str:
     pre-tokenizer regex, model, added tokens) where it has one, its special tokens and BOS setting."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     content = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
-    extra = json.dumps([type(tokenizer).__name__, tokenizer.special_tokens_map, getattr(tokenizer, "add_bos_token", None)],
-                       sort_keys=True, ensure_ascii=False)
+    extra = json.dumps(
+        [type(tokenizer).__name__, tokenizer.special_tokens_map, getattr(tokenizer, "add_bos_token", None)],
+        sort_keys=True,
+        ensure_ascii=False,
+    )
     return hashlib.sha256((content + extra).encode("utf-8")).hexdigest()

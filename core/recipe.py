@@ -107,8 +107,13 @@ def build(cls: type[T], values: dict[str, Any], where: str, prefix: str = "") ->
         if key not in fields:
             raise unknown_key_error(f"{prefix}{key}", fields, where)
         kwargs[key] = _coerce(hints[key], value, where, f"{prefix}{key}")
-        check_range(kwargs[key], fields[key].metadata.get("minimum"), fields[key].metadata.get("maximum"), where,
-                    f"{prefix}{key}")
+        check_range(
+            kwargs[key],
+            fields[key].metadata.get("minimum"),
+            fields[key].metadata.get("maximum"),
+            where,
+            f"{prefix}{key}",
+        )
     missing = [
         name
         for name, f in fields.items()
@@ -252,8 +257,14 @@ def parse_cli(cls: type[T], argv: list[str] | None = None, description: str = ""
         raise SystemExit(f"error: {err}") from None
 
 
-def field(default: Any = dataclasses.MISSING, *, help: str = "", default_factory: Any = dataclasses.MISSING,
-          minimum: float | None = None, maximum: float | None = None) -> Any:
+def field(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str = "",
+    default_factory: Any = dataclasses.MISSING,
+    minimum: float | None = None,
+    maximum: float | None = None,
+) -> Any:
     """``dataclasses.field`` with a help text shown by ``--help`` and the range a number must lie in
     (inclusive; checked by :func:`build` for the value and for each number in a list)."""
     metadata = {"help": help, "minimum": minimum, "maximum": maximum}
@@ -265,8 +276,13 @@ def field(default: Any = dataclasses.MISSING, *, help: str = "", default_factory
 def check_ranges(obj: Any, where: str = "") -> None:
     """Check every field of a recipe dataclass against its declared range (for objects made in code)."""
     for f in dataclasses.fields(obj):
-        check_range(getattr(obj, f.name), f.metadata.get("minimum"), f.metadata.get("maximum"),
-                    where or type(obj).__name__, f.name)
+        check_range(
+            getattr(obj, f.name),
+            f.metadata.get("minimum"),
+            f.metadata.get("maximum"),
+            where or type(obj).__name__,
+            f.name,
+        )
 
 
 def check_range(value: Any, minimum: float | None, maximum: float | None, where: str, key: str) -> None:

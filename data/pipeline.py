@@ -2,10 +2,13 @@
 
 Two phases. The record stages (normalize ... decontaminate) judge each record, or each OCR'd book, on
 its own: batches go to ``num_proc`` worker processes and come back in input order, so the output does
-not depend on the number of workers. Survivors are spilled to Parquet in the output's ``.partial``
-directory; the corpus stages (repeated lines, duplicates) then read them back, once to observe and once
-to judge. Memory stays bounded by a few batches plus the corpus stages' indexes (about 0.5 KB per record
-for near-duplicate detection).
+not depend on the number of workers. The corpus stages (repeated lines, duplicates) must observe every
+record before they judge one: each observes the records as they are spilled to Parquet in the output's
+``.partial`` directory, and judges them as they are read back, which is when the next corpus stage
+observes them. So every stage processes a record once and every spill is read once. A record a corpus
+stage rejects travels on, marked, to the end, where kept and rejected records are written in input order.
+Memory stays bounded by a few batches plus the corpus stages' indexes (about 0.5 KB per record for
+near-duplicate detection).
 
 Outputs in ``output_dir``: ``data/part-*.parquet`` (kept), ``rejected/part-*.parquet`` (with ``stage`` and
 ``reason``), ``report.json``, ``report.md``, ``report.png`` and the resolved ``recipe.yaml``, written through
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import shutil
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -30,51 +34,11 @@ import pyarrow.parquet as pq
 import yaml
 from tqdm.auto import tqdm
 
-from indictune.data import report as reporting
 from indictune.core.io import atomic_directory
-from indictune.data.readers import Source, read
 from indictune.core.recipe import field, to_dict
-from indictune.data.stages import CorpusStage, Record, Stage
-from indictune.data.stages.asr import Asr, AsrConfig
-from indictune.data.stages.decontaminate import Decontaminate, DecontaminateConfig
-from indictune.data.stages.dedup import Dedup, DedupConfig, RepeatedLines, RepeatedLinesConfig
-from indictune.data.stages.identify import Identify, IdentifyConfig
-from indictune.data.stages.normalize import Normalize, NormalizeConfig
-from indictune.data.stages.ocr import Ocr, OcrConfig
-from indictune.data.stages.pii import Pii, PiiConfig
-from indictune.data.stages.quality import Quality, QualityConfig
-
-
-@dataclass
-class StagesConfig:
-    """The stages run in this order; each can be configured or switched off with ``enabled: false``."""
-
-    normalize: NormalizeConfig = field(default_factory=NormalizeConfig, help="NFC + indic-nlp-library + policies")
-    identify: IdentifyConfig = field(default_factory=IdentifyConfig, help="script fractions, language, romanized")
-    ocr: OcrConfig = field(default_factory=OcrConfig, help="headers, page numbers, hyphens, confidences (kind: ocr)")
-    asr: AsrConfig = field(default_factory=AsrConfig, help="timestamps, tags, fillers, loops (kind: asr)")
-    pii: PiiConfig = field(default_factory=PiiConfig, help="emails, phones, Indian identifiers -> placeholders")
-    quality: QualityConfig = field(default_factory=QualityConfig, help="heuristic filters")
-    decontaminate: DecontaminateConfig = field(
-        default_factory=DecontaminateConfig, help="n-gram overlap with evaluation sets"
-    )
-    repeated_lines: RepeatedLinesConfig = field(
-        default_factory=RepeatedLinesConfig, help="lines repeated across many documents of a source"
-    )
-    dedup: DedupConfig = field(default_factory=DedupConfig, help="exact and MinHash near duplicates")
-
-
-STAGES: dict[str, type[Stage]] = {
-    "normalize": Normalize,
-    "identify": Identify,
-    "ocr": Ocr,
-    "asr": Asr,
-    "pii": Pii,
-    "quality": Quality,
-    "decontaminate": Decontaminate,
-    "repeated_lines": RepeatedLines,
-    "dedup": Dedup,
-}
+from indictune.data import report as reporting
+from indictune.data.readers import Source, read
+from indictune.data.stages import CorpusStage, Record, Stage, StagesConfig, build_stages
 
 
 @dataclass
@@ -85,10 +49,6 @@ class PrepareConfig:
     num_proc: int = field(1, help="worker processes for the record stages; the output is the same for any number")
     batch_size: int = field(1000, help="records handed to a worker at a time (an OCR book is never split)")
     shard_records: int = field(100_000, help="records per output Parquet file")
-
-
-def build_stages(config: StagesConfig) -> list[Stage]:
-    return [cls(getattr(config, name)) for name, cls in STAGES.items() if getattr(config, name).enabled]
 
 
 CORE_COLUMNS = {
@@ -149,40 +109,43 @@ def _group_key(record: Record) -> str:
 
 def _batches(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
     """Batches of at most `size` records, except that a book is never split (its headers are found across pages)."""
-    for _, same_group in groupby(records, key=_group_key):
-        first = next(same_group)
-        if "book" in first["meta"]:
-            yield [first, *same_group]
-            continue
-        same_group = chain([first], same_group)
-        while batch := list(islice(same_group, size)):
-            yield batch
+    for _, group in groupby(records, key=_group_key):
+        yield from _group_batches(group, size)
+
+
+def _group_batches(group: Iterator[Record], size: int) -> Iterator[list[Record]]:
+    """One group's records: a book whole, the records of a file in batches of at most `size`."""
+    first = next(group)
+    if "book" in first["meta"]:
+        yield [first, *group]
+        return
+    rest = chain([first], group)
+    while batch := list(islice(rest, size)):
+        yield batch
+
+
+def _judge(stage: Stage, records: list[Record]) -> None:
+    """Mark the records `stage` drops with its name and reason; records already dropped, or of other kinds, pass."""
+    mine = [r for r in records if not r.get("reason") and r["kind"] in stage.kinds]
+    if mine:
+        for record, reason in zip(mine, stage.process_batch(mine)):
+            if reason:
+                record.update(stage=stage.name, reason=reason)
 
 
 def run_stages(stages: list[Stage], batch: list[Record]) -> tuple[list[Record], list[Record]]:
-    """(kept, rejected) for one batch; rejected records carry ``stage`` and ``reason``."""
-    rejected = []
-    alive = []
+    """(kept, rejected) for one batch, both in input order; rejected records carry ``stage`` and ``reason``."""
     for record in batch:
         if record.get("read_error"):
             record.update(stage="read", reason=record.pop("read_error"))
-            rejected.append(record)
-        else:
-            alive.append(record)
     for stage in stages:
-        mine = [r for r in alive if r["kind"] in stage.kinds]
-        reasons = dict(zip(map(id, mine), stage.process_batch(mine))) if mine else {}
-        survivors = []
-        for record in alive:
-            reason = reasons.get(id(record))
-            if reason:
-                record.update(stage=stage.name, reason=reason)
-                rejected.append(record)
-            else:
-                survivors.append(record)
-        alive = survivors
-    order = {id(record): i for i, record in enumerate(batch)}
-    return alive, sorted(rejected, key=lambda record: order[id(record)])  # input order, whatever the stage
+        _judge(stage, batch)
+    return _split(batch)
+
+
+def _split(batch: list[Record]) -> tuple[list[Record], list[Record]]:
+    """(kept, rejected), each in input order."""
+    return [r for r in batch if not r.get("reason")], [r for r in batch if r.get("reason")]
 
 
 _WORKER_STAGES: list[Stage] = []
@@ -210,18 +173,51 @@ def ordered_map(fn: Callable, items: Iterable, num_proc: int, initializer: Calla
             yield pending.popleft().result()
 
 
-def _corpus_pass(stages: list[CorpusStage], survivors: Path, batch_size: int) -> Iterator[tuple[Record, str | None, CorpusStage | None]]:
-    """Each survivor of the record stages through `stages` in order: (record, reason, stage that rejected)."""
-    for batch in read_shards(survivors, batch_size):
+def _record_phase(
+    config: PrepareConfig, stages: list[Stage], tally: reporting.Tally, rejected_writer: ShardWriter
+) -> Iterator[list[Record]]:
+    """Every source through the record stages: the surviving records, batch by batch in input order; the
+    rejected ones are counted and written as they come."""
+    for source in config.sources:
+        records = tqdm(read(source), desc=f"prepare {source.name}", unit=" records", leave=False, disable=None)
+        batches = _batches(records, config.batch_size)
+
+        def counted(batches=batches, name=source.name):
+            for batch in batches:
+                tally.count_input(name, len(batch))
+                yield batch
+
+        if config.num_proc > 1:
+            results = ordered_map(_run_in_worker, counted(), config.num_proc, _start_worker, (config.stages,))
+        else:
+            results = (run_stages(stages, batch) for batch in counted())
+        for kept, rejected in results:
+            tally.reject(rejected)
+            rejected_writer.write(rejected)
+            yield kept
+
+
+def _observe_and_spill(stage: CorpusStage, batches: Iterable[list[Record]], spill: ShardWriter) -> None:
+    """Write the batches to `spill`, `stage` observing each record it will judge, then settle its index."""
+    progress = tqdm(desc=f"{stage.name}: observe", unit=" records", leave=False, disable=None)
+    for batch in batches:
         for record in batch:
-            for stage in stages:
-                if record["kind"] in stage.kinds:
-                    reason = stage.process(record)
-                    if reason:
-                        yield record, reason, stage
-                        break
-            else:
-                yield record, None, None
+            if not record.get("reason") and record["kind"] in stage.kinds:
+                stage.observe(record)
+        spill.write(batch)
+        progress.update(len(batch))
+    progress.close()
+    spill.close()
+    stage.finish_observing()
+
+
+def _read_and_judge(stage: CorpusStage, spill: Path, batch_size: int) -> Iterator[list[Record]]:
+    """The spilled records, batch by batch in the order they were observed, judged by `stage`; the spill is
+    deleted once read."""
+    for batch in read_shards(spill, batch_size):
+        _judge(stage, batch)
+        yield batch
+    shutil.rmtree(spill)
 
 
 def run(config: PrepareConfig) -> dict[str, Any]:
@@ -230,56 +226,33 @@ def run(config: PrepareConfig) -> dict[str, Any]:
     record_stages = [s for s in stages if not isinstance(s, CorpusStage)]
     corpus_stages = [s for s in stages if isinstance(s, CorpusStage)]
     stage_columns = {name: t for stage in stages for name, t in stage.columns.items()}
-    record_columns = {name: t for stage in record_stages for name, t in stage.columns.items()}
     kept_schema = pa.schema({**CORE_COLUMNS, **stage_columns})
     rejected_schema = pa.schema({**CORE_COLUMNS, **stage_columns, **REJECT_COLUMNS})
 
     tally = reporting.Tally([s.name for s in stages])
     with atomic_directory(config.output_dir) as partial:
         rejected_writer = ShardWriter(partial / "rejected", rejected_schema, config.shard_records)
-        survivors = partial / "survivors.tmp"
-        survivor_writer = ShardWriter(survivors, pa.schema({**CORE_COLUMNS, **record_columns}), config.shard_records)
-        for source in config.sources:
-            records = tqdm(read(source), desc=f"prepare {source.name}", unit=" records", leave=False, disable=None)
-            batches = _batches(records, config.batch_size)
+        batches = _record_phase(config, record_stages, tally, rejected_writer)
+        spilled_columns = {
+            **CORE_COLUMNS,
+            **{name: t for s in record_stages for name, t in s.columns.items()},
+            **REJECT_COLUMNS,
+        }
+        for stage in corpus_stages:
+            spill = partial / f"{stage.name}.spill"
+            _observe_and_spill(stage, batches, ShardWriter(spill, pa.schema(spilled_columns), config.batch_size))
+            spilled_columns.update(stage.columns)
+            batches = _read_and_judge(stage, spill, config.batch_size)
 
-            def counted(batches=batches, name=source.name):
-                for batch in batches:
-                    tally.count_input(name, len(batch))
-                    yield batch
-
-            if config.num_proc > 1:
-                results = ordered_map(_run_in_worker, counted(), config.num_proc, _start_worker, (config.stages,))
-            else:
-                results = (run_stages(record_stages, batch) for batch in counted())
-            for kept, rejected in results:
-                tally.reject(rejected)
-                rejected_writer.write(rejected)
-                survivor_writer.write(kept)
-        survivor_writer.close()
-
-        for k, stage in enumerate(corpus_stages):
-            progress = tqdm(desc=f"{stage.name}: observe", unit=" records", leave=False, disable=None)
-            for record, reason, _ in _corpus_pass(corpus_stages[:k], survivors, config.batch_size):
-                if reason is None and record["kind"] in stage.kinds:
-                    stage.observe(record)
-                progress.update()
-            progress.close()
-            stage.finish_observing()
         kept_writer = ShardWriter(partial / "data", kept_schema, config.shard_records)
-        for record, reason, stage in _corpus_pass(corpus_stages, survivors, config.batch_size):
-            if reason is None:
-                tally.keep([record])
-                kept_writer.write([record])
-            else:
-                record.update(stage=stage.name, reason=reason)
-                tally.reject([record])
-                rejected_writer.write([record])
+        for batch in batches:
+            kept, rejected = _split(batch)
+            tally.keep(kept)
+            kept_writer.write(kept)
+            tally.reject(rejected)
+            rejected_writer.write(rejected)
         kept_writer.close()
         rejected_writer.close()
-        for path in survivors.iterdir():
-            path.unlink()
-        survivors.rmdir()
 
         report = tally.report()
         (partial / "recipe.yaml").write_text(yaml.safe_dump(to_dict(config), allow_unicode=True, sort_keys=False))

@@ -10,10 +10,21 @@ from typing import Any
 from indictune.data.stages import Record
 
 # Annotation columns that count edits made inside kept text; their totals go in the report.
-EDIT_COLUMNS = ("ocr_lines_removed", "ocr_confusions_repaired", "asr_segments_dropped", "asr_tags_removed",
-                "asr_fillers_removed", "asr_loop_words_removed", "repeated_lines_removed")
+EDIT_COLUMNS = (
+    "ocr_lines_removed",
+    "ocr_confusions_repaired",
+    "asr_segments_dropped",
+    "asr_tags_removed",
+    "asr_fillers_removed",
+    "asr_loop_words_removed",
+    "repeated_lines_removed",
+)
 # Boolean annotations whose kept counts the report gives.
 FLAG_COLUMNS = ("romanized", "code_mixed")
+
+
+class UnaccountedRecords(AssertionError):
+    """Input records that ended up neither kept nor rejected: a bug in a stage or the pipeline, not bad input."""
 
 
 class Tally:
@@ -51,15 +62,20 @@ class Tally:
     def report(self) -> dict[str, Any]:
         for source, c in self.sources.items():
             if c["input"] != c["kept"] + c["rejected"]:
-                raise AssertionError(f"source {source}: {c['input']} records in, {c['kept']} kept + {c['rejected']} rejected")
+                raise UnaccountedRecords(
+                    f"source {source}: {c['input']} records in, {c['kept']} kept + {c['rejected']} rejected"
+                )
         totals = Counter()
         for counts in self.sources.values():
             totals.update(counts)
         return {
             "totals": {k: totals[k] for k in ("input", "kept", "rejected")},
             "sources": {name: {k: c[k] for k in ("input", "kept", "rejected")} for name, c in self.sources.items()},
-            "rejected": {stage: dict(sorted(self.rejected[stage].items(), key=lambda kv: (-kv[1], kv[0])))
-                         for stage in self.stages if self.rejected[stage]},
+            "rejected": {
+                stage: dict(sorted(self.rejected[stage].items(), key=lambda kv: (-kv[1], kv[0])))
+                for stage in self.stages
+                if self.rejected[stage]
+            },
             "languages": {
                 lang: {k: c[k] for k in ("kept", "rejected", "words", "characters")}
                 for lang, c in sorted(self.languages.items())
@@ -88,7 +104,11 @@ def to_markdown(report: dict[str, Any]) -> str:
         "",
         "| stage | reason | records |",
         "|---|---|---:|",
-        *(f"| {stage} | {reason} | {n} |" for stage, reasons in report["rejected"].items() for reason, n in reasons.items()),
+        *(
+            f"| {stage} | {reason} | {n} |"
+            for stage, reasons in report["rejected"].items()
+            for reason, n in reasons.items()
+        ),
         "",
         "## Languages",
         "",

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from indictune.core.hashing import folder_sha256
-from indictune.core.paths import cache_root
 from indictune.core.io import atomic_write_text
+from indictune.core.paths import cache_root
 
 # Bump when scoring changes in a way that changes results.
 SCORING_VERSION = "2"

@@ -51,8 +51,17 @@ class LeaderboardConfig:
     db: str = field("runs/leaderboard.sqlite", help="the store evaluations write to")
     out: str = field("runs/leaderboard", help="folder for leaderboard.md, leaderboard.html and the charts")
     metrics: list[str] = field(
-        default_factory=lambda: ["bits_per_character", "tokens_per_word", "accuracy", "accuracy_bytes", "chrf++",
-                                 "exact_match", "f1"], help="tables to show, in this order")
+        default_factory=lambda: [
+            "bits_per_character",
+            "tokens_per_word",
+            "accuracy",
+            "accuracy_bytes",
+            "chrf++",
+            "exact_match",
+            "f1",
+        ],
+        help="tables to show, in this order",
+    )
 
 
 def tables(runs: list[dict], metrics: list[str]) -> list[dict]:
@@ -64,15 +73,21 @@ def tables(runs: list[dict], metrics: list[str]) -> list[dict]:
                 grouped[score["task"], score["metric"]][run["label"]][score["lang"]] = score
     result = []
     for (task, metric), by_label in sorted(grouped.items(), key=lambda kv: (kv[0][0], metrics.index(kv[0][1]))):
-        langs = sorted({lang for cells in by_label.values() for lang in cells}, key=lambda l: (l == "en", l))
+        langs = sorted({lang for cells in by_label.values() for lang in cells}, key=lambda code: (code == "en", code))
         rows = [
-            {"label": run["label"], "base_label": run["base_label"], "cells": by_label[run["label"]],
-             "base_mismatch": run.get("base_mismatch")}
+            {
+                "label": run["label"],
+                "base_label": run["base_label"],
+                "cells": by_label[run["label"]],
+                "base_mismatch": run.get("base_mismatch"),
+            }
             for run in runs
             if run["label"] in by_label
         ]
         origins = {score.get("origin") for cells in by_label.values() for score in cells.values()} - {None}
-        result.append({"task": task, "metric": metric, "langs": langs, "rows": rows, "origin": ", ".join(sorted(origins))})
+        result.append(
+            {"task": task, "metric": metric, "langs": langs, "rows": rows, "origin": ", ".join(sorted(origins))}
+        )
     return result
 
 
@@ -144,16 +159,27 @@ def candidates(runs: list[dict]) -> list[dict]:
         for score in run["scores"]:
             if score.get("delta") is not None:
                 grid[score["task"], score["metric"]][score["lang"]] = score
-        langs = sorted({lang for cells in grid.values() for lang in cells}, key=lambda l: (l == "en", l))
+        langs = sorted({lang for cells in grid.values() for lang in cells}, key=lambda code: (code == "en", code))
         # Only changes with an interval can show a regression beyond it.
-        controls = [f"{task} {metric} (n={cells['en'].get('n')})" for (task, metric), cells in sorted(grid.items())
-                    if cells.get("en", {}).get("delta_low") is not None]
-        skipped_controls = [f"{_entry_name(e)}: {_first_sentence(e['reason'])}" for e in run.get("skipped") or []
-                            if e["lang"] == "en"]
-        result.append({"label": run["label"], "base_label": run["base_label"], "grid": dict(sorted(grid.items())),
-                       "langs": langs, "english_regressed": english_regressed_anywhere(grid),
-                       "english_verdict": english_verdict(grid, controls, skipped_controls),
-                       "base_mismatch": run.get("base_mismatch")})
+        controls = [
+            f"{task} {metric} (n={cells['en'].get('n')})"
+            for (task, metric), cells in sorted(grid.items())
+            if cells.get("en", {}).get("delta_low") is not None
+        ]
+        skipped_controls = [
+            f"{_entry_name(e)}: {_first_sentence(e['reason'])}" for e in run.get("skipped") or [] if e["lang"] == "en"
+        ]
+        result.append(
+            {
+                "label": run["label"],
+                "base_label": run["base_label"],
+                "grid": dict(sorted(grid.items())),
+                "langs": langs,
+                "english_regressed": english_regressed_anywhere(grid),
+                "english_verdict": english_verdict(grid, controls, skipped_controls),
+                "base_mismatch": run.get("base_mismatch"),
+            }
+        )
     return result
 
 
@@ -163,15 +189,21 @@ def english_verdict(grid: dict, controls: list[str], skipped_controls: list[str]
     if not controls:
         return True, f"No English control was scored, so an English regression cannot be ruled out.{skipped}"
     regressed = english_regressed_anywhere(grid)
-    finding = ("English regressed beyond the interval in: " + ", ".join(regressed) if regressed
-               else "No English regression beyond the interval")
+    finding = (
+        "English regressed beyond the interval in: " + ", ".join(regressed)
+        if regressed
+        else "No English regression beyond the interval"
+    )
     return bool(regressed), f"{finding}; English control rows: {', '.join(controls)}.{skipped}"
 
 
 def english_regressed_anywhere(grid: dict) -> list[str]:
     """The (task, metric) rows where English got worse beyond the interval."""
-    return [f"{task} {metric}" for (task, metric), cells in grid.items()
-            if english_regressed({"cells": {"en": cells["en"]}} if "en" in cells else {"cells": {}})]
+    return [
+        f"{task} {metric}"
+        for (task, metric), cells in grid.items()
+        if english_regressed({"cells": {"en": cells["en"]}} if "en" in cells else {"cells": {}})
+    ]
 
 
 def _cell_style(score: dict | None) -> str:
@@ -187,18 +219,31 @@ def _cell_style(score: dict | None) -> str:
 
 
 def to_markdown(all_tables: list[dict], changes: list[dict], runs: list[dict]) -> str:
-    lines = ["# Leaderboard", "", "In brackets: change vs the base model, its 95% paired bootstrap interval, McNemar's p "
-             "where outcomes are right or wrong, and n, the items behind the score. Bits and tokens per word: lower is "
-             "better; the rest: higher.", "", "## Runs", "", "| model | base | scored (items) | skipped |", "|---|---|---|---|"]
+    lines = [
+        "# Leaderboard",
+        "",
+        "In brackets: change vs the base model, its 95% paired bootstrap interval, McNemar's p "
+        "where outcomes are right or wrong, and n, the items behind the score. Bits and tokens per word: lower is "
+        "better; the rest: higher.",
+        "",
+        "## Runs",
+        "",
+        "| model | base | scored (items) | skipped |",
+        "|---|---|---|---|",
+    ]
     for run in runs:
         scored, skipped = coverage(run)
-        lines.append(f"| {run['label']}{_flags(run)} | {run['base_label'] or '–'} | {'; '.join(scored) or '–'} | "
-                     f"{'; '.join(skipped) or '–'} |")
+        lines.append(
+            f"| {run['label']}{_flags(run)} | {run['base_label'] or '–'} | {'; '.join(scored) or '–'} | "
+            f"{'; '.join(skipped) or '–'} |"
+        )
     lines.append("")
     for run in runs:
         if run.get("base_mismatch"):
-            lines += [f"⚠ {run['label']}: scored on another base than it was trained on, as allowed: "
-                      f"{run['base_mismatch']}", ""]
+            lines += [
+                f"⚠ {run['label']}: scored on another base than it was trained on, as allowed: {run['base_mismatch']}",
+                "",
+            ]
     for table in all_tables:
         lines += [f"## {title(table)}", ""]
         lines.append("| model | base | " + " | ".join(table["langs"]) + " |")
@@ -272,7 +317,9 @@ def heatmap_png(change: dict) -> bytes:
             better = -score["delta"] if score["metric"] in LOWER_IS_BETTER else score["delta"]
             scale = max(abs(better), 1e-9)
             # +1 surely better, -1 surely worse, in between: the interval crosses zero.
-            values[i, j] = 1.0 if low is not None and low > 0 else -1.0 if high is not None and high < 0 else better / scale * 0.3
+            values[i, j] = (
+                1.0 if low is not None and low > 0 else -1.0 if high is not None and high < 0 else better / scale * 0.3
+            )
     fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(change["langs"]) + 3), max(2.5, 0.4 * len(rows) + 1.5)))
     ax.imshow(values, cmap="RdYlGn", vmin=-1, vmax=1, aspect="auto")
     ax.set_xticks(range(len(change["langs"])), change["langs"])
@@ -299,28 +346,38 @@ y=b.cells[i].dataset.v;return (x===undefined||y===undefined)?0:(asc?x-y:y-x)});r
 
 
 def to_html(all_tables: list[dict], changes: list[dict], runs: list[dict]) -> str:
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>indictune leaderboard</title>"
-             f"<style>{_STYLE}</style></head><body><h1>Leaderboard</h1>",
-             "<p>Cells: score, change vs base with its 95% paired bootstrap interval (and McNemar's p for right/wrong "
-             "outcomes), and n, the items behind the score; green: better beyond the interval, red: worse beyond it. "
-             "Click a column to sort.</p>",
-             "<h2>Runs</h2><table><thead><tr><th>model</th><th>base</th><th>scored (items)</th><th>skipped</th>"
-             "</tr></thead><tbody>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>indictune leaderboard</title>"
+        f"<style>{_STYLE}</style></head><body><h1>Leaderboard</h1>",
+        "<p>Cells: score, change vs base with its 95% paired bootstrap interval (and McNemar's p for right/wrong "
+        "outcomes), and n, the items behind the score; green: better beyond the interval, red: worse beyond it. "
+        "Click a column to sort.</p>",
+        "<h2>Runs</h2><table><thead><tr><th>model</th><th>base</th><th>scored (items)</th><th>skipped</th>"
+        "</tr></thead><tbody>",
+    ]
     for run in runs:
         scored, skipped = coverage(run)
-        mismatch = (f"<br><span class='flag'>base mismatch: {html.escape(run['base_mismatch'])}</span>"
-                    if run.get("base_mismatch") else "")
-        parts.append(f"<tr><td>{html.escape(run['label'])}{mismatch}</td><td>{html.escape(run['base_label'] or '–')}</td>"
-                     f"<td>{'<br>'.join(map(html.escape, scored)) or '–'}</td>"
-                     f"<td>{'<br>'.join(map(html.escape, skipped)) or '–'}</td></tr>")
+        mismatch = (
+            f"<br><span class='flag'>base mismatch: {html.escape(run['base_mismatch'])}</span>"
+            if run.get("base_mismatch")
+            else ""
+        )
+        parts.append(
+            f"<tr><td>{html.escape(run['label'])}{mismatch}</td><td>{html.escape(run['base_label'] or '–')}</td>"
+            f"<td>{'<br>'.join(map(html.escape, scored)) or '–'}</td>"
+            f"<td>{'<br>'.join(map(html.escape, skipped)) or '–'}</td></tr>"
+        )
     parts.append("</tbody></table>")
     for change in changes:
         caption = f"Changes of {change['label']} vs {change['base_label']}"
         parts.append(f"<h2>{html.escape(caption)}</h2>")
         warn, verdict = change["english_verdict"]
         parts.append(f"<p{' class=flag' if warn else ''}>{html.escape(verdict)}</p>")
-        parts.append("<table><thead><tr><th>task</th><th>metric</th>"
-                     + "".join(f"<th>{html.escape(l)}</th>" for l in change["langs"]) + "</tr></thead><tbody>")
+        parts.append(
+            "<table><thead><tr><th>task</th><th>metric</th>"
+            + "".join(f"<th>{html.escape(code)}</th>" for code in change["langs"])
+            + "</tr></thead><tbody>"
+        )
         for (task, metric), cells in change["grid"].items():
             parts.append(f"<tr><td>{html.escape(task)}</td><td>{html.escape(metric)}</td>")
             for lang in change["langs"]:
@@ -328,8 +385,9 @@ def to_html(all_tables: list[dict], changes: list[dict], runs: list[dict]) -> st
                 if score is None:
                     parts.append("<td>–</td>")
                     continue
-                parts.append(f"<td data-v='{score['delta']}' style='{_cell_style(score)}'>"
-                             f"{html.escape(_delta_text(score))}</td>")
+                parts.append(
+                    f"<td data-v='{score['delta']}' style='{_cell_style(score)}'>{html.escape(_delta_text(score))}</td>"
+                )
             parts.append("</tr>")
         parts.append("</tbody></table>")
         png = base64.b64encode(heatmap_png(change)).decode()
@@ -342,15 +400,19 @@ def to_html(all_tables: list[dict], changes: list[dict], runs: list[dict]) -> st
         for row in table["rows"]:
             flag = " <span class='flag'>English regressed</span>" if english_regressed(row) else ""
             flag += f" <span class='flag'>{html.escape(_flags(row).strip())}</span>" if _flags(row) else ""
-            parts.append(f"<tr><td>{html.escape(row['label'])}{flag}</td><td>{html.escape(row['base_label'] or '–')}</td>")
+            parts.append(
+                f"<tr><td>{html.escape(row['label'])}{flag}</td><td>{html.escape(row['base_label'] or '–')}</td>"
+            )
             for lang in table["langs"]:
                 score = row["cells"].get(lang)
                 if score is None:
                     parts.append("<td>–</td>")
                     continue
                 sub = _delta_text(score)
-                parts.append(f"<td data-v='{score['value']}' style='{_cell_style(score)}'>{score['value']:.3f}"
-                             f"<br><small>{html.escape(sub)}</small></td>")
+                parts.append(
+                    f"<td data-v='{score['value']}' style='{_cell_style(score)}'>{score['value']:.3f}"
+                    f"<br><small>{html.escape(sub)}</small></td>"
+                )
             parts.append("</tr>")
         parts.append("</tbody></table>")
         png = base64.b64encode(chart_png(table)).decode()

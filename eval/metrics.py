@@ -47,8 +47,14 @@ def out_of_range(metric: str, value: float) -> str | None:
     return None
 
 
-def paired_bootstrap(statistic: Callable[[np.ndarray], np.ndarray], base: np.ndarray, candidate: np.ndarray,
-                     samples: int = 1000, seed: int = 0, confidence: float = 0.95) -> tuple[float, float, float]:
+def paired_bootstrap(
+    statistic: Callable[[np.ndarray], np.ndarray],
+    base: np.ndarray,
+    candidate: np.ndarray,
+    samples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float, float]:
     """Delta statistic(candidate) - statistic(base) over the same items, with a paired bootstrap interval.
 
     ``base`` and ``candidate`` hold one row per item (any trailing shape); ``statistic`` maps the
@@ -66,21 +72,39 @@ def paired_bootstrap(statistic: Callable[[np.ndarray], np.ndarray], base: np.nda
     return delta, float(low), float(high)
 
 
-def paired_bootstrap_delta(base: list[float], candidate: list[float], units: list[int], samples: int = 1000,
-                           seed: int = 0, confidence: float = 0.95) -> tuple[float, float, float]:
+def paired_bootstrap_delta(
+    base: list[float],
+    candidate: list[float],
+    units: list[int],
+    samples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float, float]:
     """Delta of bits per unit (candidate - base) over the same text chunks, with its paired interval."""
     units_arr = np.asarray(units, dtype=float)
-    return paired_bootstrap(lambda s: s[..., 0] / LN2 / s[..., 1],
-                            np.stack([base, units_arr], 1), np.stack([candidate, units_arr], 1),
-                            samples, seed, confidence)
+    return paired_bootstrap(
+        lambda s: s[..., 0] / LN2 / s[..., 1],
+        np.stack([base, units_arr], 1),
+        np.stack([candidate, units_arr], 1),
+        samples,
+        seed,
+        confidence,
+    )
 
 
-def mean_delta(base: list[float], candidate: list[float], samples: int = 1000, seed: int = 0,
-               confidence: float = 0.95) -> tuple[float, float, float]:
+def mean_delta(
+    base: list[float], candidate: list[float], samples: int = 1000, seed: int = 0, confidence: float = 0.95
+) -> tuple[float, float, float]:
     """Delta of a per-item mean (accuracy, F1) with its paired bootstrap interval."""
     ones = np.ones(len(base))
-    return paired_bootstrap(lambda s: s[..., 0] / s[..., 1], np.stack([base, ones], 1),
-                            np.stack([candidate, ones], 1), samples, seed, confidence)
+    return paired_bootstrap(
+        lambda s: s[..., 0] / s[..., 1],
+        np.stack([base, ones], 1),
+        np.stack([candidate, ones], 1),
+        samples,
+        seed,
+        confidence,
+    )
 
 
 def mcnemar_p(base_correct: list[bool], candidate_correct: list[bool]) -> float:
@@ -96,7 +120,10 @@ def mcnemar_p(base_correct: list[bool], candidate_correct: list[bool]) -> float:
 
 # ---- multiple choice ----------------------------------------------------------------------------------
 
-def choice_correct(loglikelihoods: list[list[float]], golds: list[int], choice_bytes: list[list[int]] | None = None) -> list[bool]:
+
+def choice_correct(
+    loglikelihoods: list[list[float]], golds: list[int], choice_bytes: list[list[int]] | None = None
+) -> list[bool]:
     """Per item: is the gold choice the most likely one (raw, or per UTF-8 byte of the choice)?"""
     correct = []
     for i, (scores, gold) in enumerate(zip(loglikelihoods, golds)):
@@ -107,6 +134,7 @@ def choice_correct(loglikelihoods: list[list[float]], golds: list[int], choice_b
 
 
 # ---- translation --------------------------------------------------------------------------------------
+
 
 def chrf_statistics(predictions: list[str], references: list[list[str]]) -> tuple[list[list[int]], str]:
     """Per-sentence chrF++ statistics (they add up to the corpus score) and sacrebleu's signature."""
@@ -132,7 +160,9 @@ def chrf_from_statistics(stats: np.ndarray) -> np.ndarray:
 # Nukta signs of the Indic scripts: a word written with or without one is the same answer.
 _NUKTAS = dict.fromkeys(map(ord, "\u093c\u09bc\u0a3c\u0abc\u0b3c\u0c3c\u0cbc"))
 _ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
-_PUNCTUATION = re.compile(r"[\u0964\u0965\u0970\u2018\u2019\u201c\u201d\u2013\u2014\u2026" + re.escape(string.punctuation) + "]")
+_PUNCTUATION = re.compile(
+    r"[\u0964\u0965\u0970\u2018\u2019\u201c\u201d\u2013\u2014\u2026" + re.escape(string.punctuation) + "]"
+)
 _ENGLISH_ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 

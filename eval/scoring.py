@@ -39,17 +39,21 @@ def require_covered(tokenizer, texts: list[str], encoded: list[list[int]]) -> No
     decode back to it (unknown tokens, a tokenizer loaded wrongly), would score as almost free."""
     empty = [t for t, ids in zip(texts, encoded) if t.strip() and not ids]
     if empty:
-        raise ScoringError(f"{len(empty)} of {len(texts)} texts encode to no tokens, e.g. {empty[0][:60]!r}: the "
-                           f"tokenizer ({type(tokenizer).__name__}, {len(tokenizer)} tokens) cannot be what the model "
-                           "was trained with; check tokenizer_config.json and the tokenizer files in the model folder")
+        raise ScoringError(
+            f"{len(empty)} of {len(texts)} texts encode to no tokens, e.g. {empty[0][:60]!r}: the "
+            f"tokenizer ({type(tokenizer).__name__}, {len(tokenizer)} tokens) cannot be what the model "
+            "was trained with; check tokenizer_config.json and the tokenizer files in the model folder"
+        )
     decoded = tokenizer.batch_decode(encoded, skip_special_tokens=False, clean_up_tokenization_spaces=False)
     lost = [(t, d) for t, d in zip(texts, decoded) if _comparable(t) != _comparable(d)]
     if lost:
         text, back = lost[0]
-        raise ScoringError(f"{len(lost)} of {len(texts)} texts do not decode back from their tokens, e.g. "
-                           f"{text[:60]!r} -> {back[:60]!r}: the tokenizer cannot represent them (unknown tokens or "
-                           "no byte fallback), so their scores would be meaningless; use the tokenizer the model was "
-                           "trained with, or leave these languages out")
+        raise ScoringError(
+            f"{len(lost)} of {len(texts)} texts do not decode back from their tokens, e.g. "
+            f"{text[:60]!r} -> {back[:60]!r}: the tokenizer cannot represent them (unknown tokens or "
+            "no byte fallback), so their scores would be meaningless; use the tokenizer the model was "
+            "trained with, or leave these languages out"
+        )
 
 
 def context_token(tokenizer) -> int:
@@ -84,13 +88,16 @@ def _logprobs(logits: torch.Tensor, vocab_size: int | None) -> torch.Tensor:
 def _check_length(lengths: list[int], model) -> None:
     limit = max_positions(model)
     if limit and max(lengths, default=0) > limit:
-        raise InputTooLong(f"{sum(n > limit for n in lengths)} inputs are longer than the model's {limit} positions "
-                         f"(longest: {max(lengths)} tokens); use smaller chunks (chunk_bytes), fewer shots or a limit")
+        raise InputTooLong(
+            f"{sum(n > limit for n in lengths)} inputs are longer than the model's {limit} positions "
+            f"(longest: {max(lengths)} tokens); use smaller chunks (chunk_bytes), fewer shots or a limit"
+        )
 
 
 @torch.no_grad()
-def text_nll(model, tokenizer, texts: list[str], batch_size: int = 8, desc: str = "scoring",
-             vocab_size: int | None = None) -> list[tuple[float, int]]:
+def text_nll(
+    model, tokenizer, texts: list[str], batch_size: int = 8, desc: str = "scoring", vocab_size: int | None = None
+) -> list[tuple[float, int]]:
     """(negative log-likelihood in nats, number of tokens) for each text, in input order."""
     start = context_token(tokenizer)
     plain = tokenizer(texts, add_special_tokens=False)["input_ids"]
@@ -113,7 +120,7 @@ def text_nll(model, tokenizer, texts: list[str], batch_size: int = 8, desc: str 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """Context and continuation token ids, the context starting with the context token."""
     context_ids, whole = _context_and_whole(tokenizer, context, continuation)
-    return context_ids, whole[len(context_ids):]
+    return context_ids, whole[len(context_ids) :]
 
 
 def _context_and_whole(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -128,9 +135,15 @@ def _context_and_whole(tokenizer, context: str, continuation: str) -> tuple[list
 
 
 @torch.no_grad()
-def choice_loglikelihoods(model, tokenizer, questions: list[tuple[str, list[str]]], batch_size: int = 8,
-                          vocab_size: int | None = None, share_context: bool = True,
-                          desc: str = "choices") -> list[list[float]]:
+def choice_loglikelihoods(
+    model,
+    tokenizer,
+    questions: list[tuple[str, list[str]]],
+    batch_size: int = 8,
+    vocab_size: int | None = None,
+    share_context: bool = True,
+    desc: str = "choices",
+) -> list[list[float]]:
     """Summed log-probability of each choice after its question's context, in input order.
 
     ``questions``: (context, [continuation, ...]). With ``share_context`` the context runs once per
@@ -141,7 +154,7 @@ def choice_loglikelihoods(model, tokenizer, questions: list[tuple[str, list[str]
         pairs = [_context_and_whole(tokenizer, context, c) for c in continuations]
         # Each choice's context ids are the same (they depend only on the context).
         context_ids = pairs[0][0]
-        choices = [whole[len(context_ids):] for _, whole in pairs]
+        choices = [whole[len(context_ids) :] for _, whole in pairs]
         if not all(choices):
             raise ScoringError(f"a choice encodes to no tokens after context {context[-60:]!r}")
         encoded.append((context_ids, choices))
@@ -191,8 +204,13 @@ def _shared_batch(model, batch, vocab_size):
         rest_ids, rest_mask = _padded([cont[:-1] for cont in continuations], 0)
         rest_ids, rest_mask = rest_ids.to(device), rest_mask.to(device)
         positions = lengths[index, None] + torch.arange(rest_ids.shape[1], device=device)[None]
-        logits = model(input_ids=rest_ids, attention_mask=torch.cat([mask[index], rest_mask], dim=1),
-                       position_ids=positions, past_key_values=cache, use_cache=True).logits
+        logits = model(
+            input_ids=rest_ids,
+            attention_mask=torch.cat([mask[index], rest_mask], dim=1),
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        ).logits
         logprobs = _logprobs(logits, vocab_size)
         targets, target_mask = _padded([cont[1:] for cont in continuations], 0)
         picked = logprobs.gather(-1, targets.to(device)[..., None]).squeeze(-1) * target_mask.to(device)
@@ -209,8 +227,16 @@ def _regroup(flat: list[float], batch) -> list[list[float]]:
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, stop: list[str], batch_size: int = 8,
-             vocab_size: int | None = None, desc: str = "generating") -> list[str]:
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int,
+    stop: list[str],
+    batch_size: int = 8,
+    vocab_size: int | None = None,
+    desc: str = "generating",
+) -> list[str]:
     """Greedy continuation of each prompt, cut at the first stop string, in input order."""
     start = context_token(tokenizer)
     plain = tokenizer(prompts, add_special_tokens=False)["input_ids"]
@@ -229,11 +255,19 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, stop: li
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for r, i in enumerate(rows):  # left padding: every prompt ends where generation starts
-            ids[r, width - len(encoded[i]):] = torch.tensor(encoded[i])
-            mask[r, width - len(encoded[i]):] = 1
-        output = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                                do_sample=False, num_beams=1, pad_token_id=pad, suppress_tokens=suppress,
-                                stop_strings=stop or None, tokenizer=tokenizer if stop else None)
+            ids[r, width - len(encoded[i]) :] = torch.tensor(encoded[i])
+            mask[r, width - len(encoded[i]) :] = 1
+        output = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=pad,
+            suppress_tokens=suppress,
+            stop_strings=stop or None,
+            tokenizer=tokenizer if stop else None,
+        )
         for r, i in enumerate(rows):
             text = tokenizer.decode(output[r, width:], skip_special_tokens=True)
             for s in stop:

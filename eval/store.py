@@ -50,10 +50,38 @@ CREATE INDEX IF NOT EXISTS scores_by_run ON scores(run_id);
 """
 
 
-RUN_COLUMNS = ("created", "label", "model", "adapter", "base_label", "suite", "tokenizer_sha256", "code_commit",
-               "lineage", "weights_sha256", "adapter_sha256", "dtype", "recipe", "base_mismatch", "skipped")
-SCORE_COLUMNS = ("run_id", "task", "lang", "metric", "value", "n", "delta", "delta_low", "delta_high", "p_value",
-                 "shots", "origin", "detail")
+RUN_COLUMNS = (
+    "created",
+    "label",
+    "model",
+    "adapter",
+    "base_label",
+    "suite",
+    "tokenizer_sha256",
+    "code_commit",
+    "lineage",
+    "weights_sha256",
+    "adapter_sha256",
+    "dtype",
+    "recipe",
+    "base_mismatch",
+    "skipped",
+)
+SCORE_COLUMNS = (
+    "run_id",
+    "task",
+    "lang",
+    "metric",
+    "value",
+    "n",
+    "delta",
+    "delta_low",
+    "delta_high",
+    "p_value",
+    "shots",
+    "origin",
+    "detail",
+)
 
 
 def connect(path: str | Path) -> sqlite3.Connection:
@@ -79,11 +107,15 @@ def add_run(path: str | Path, run: dict[str, Any], scores: list[dict[str, Any]])
     try:
         with connection:  # one transaction: the run and all its scores, or nothing
             values = {c: run.get(c) for c in RUN_COLUMNS}
-            values.update(lineage=json.dumps(run.get("lineage"), ensure_ascii=False),
-                          recipe=json.dumps(run.get("recipe"), ensure_ascii=False, default=str),
-                          skipped=json.dumps(run.get("skipped") or [], ensure_ascii=False))
+            values.update(
+                lineage=json.dumps(run.get("lineage"), ensure_ascii=False),
+                recipe=json.dumps(run.get("recipe"), ensure_ascii=False, default=str),
+                skipped=json.dumps(run.get("skipped") or [], ensure_ascii=False),
+            )
             cursor = connection.execute(
-                f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join(':' + c for c in RUN_COLUMNS)})", values)
+                f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join(':' + c for c in RUN_COLUMNS)})",
+                values,
+            )
             run_id = cursor.lastrowid
             connection.executemany(
                 f"INSERT INTO scores ({', '.join(SCORE_COLUMNS)}) VALUES ({', '.join(':' + c for c in SCORE_COLUMNS)})",
@@ -105,10 +137,15 @@ def latest_runs(path: str | Path) -> list[dict[str, Any]]:
         result = []
         for run in runs:
             scores = connection.execute("SELECT * FROM scores WHERE run_id = ?", (run["id"],)).fetchall()
-            result.append({**dict(run), "lineage": json.loads(run["lineage"] or "null"),
-                           "recipe": json.loads(run["recipe"] or "null"),
-                           "skipped": json.loads(run["skipped"] or "[]"),
-                           "scores": [dict(s) for s in scores]})
+            result.append(
+                {
+                    **dict(run),
+                    "lineage": json.loads(run["lineage"] or "null"),
+                    "recipe": json.loads(run["recipe"] or "null"),
+                    "skipped": json.loads(run["skipped"] or "[]"),
+                    "scores": [dict(s) for s in scores],
+                }
+            )
         return result
     finally:
         connection.close()

@@ -29,13 +29,24 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from indictune.core import languages
 from indictune.core.hashing import tokenizer_sha256
 from indictune.core.io import atomic_write_text
+from indictune.core.lineage import code_commit
 from indictune.core.recipe import check_ranges, field, to_dict
 from indictune.eval import cache, store
-from indictune.eval.metrics import (bits_per_unit, choice_correct, chrf_from_statistics, chrf_statistics, exact_match, mcnemar_p,
-                          mean_delta, out_of_range, paired_bootstrap, paired_bootstrap_delta, token_f1)
+from indictune.eval.metrics import (
+    bits_per_unit,
+    choice_correct,
+    chrf_from_statistics,
+    chrf_statistics,
+    exact_match,
+    mcnemar_p,
+    mean_delta,
+    out_of_range,
+    paired_bootstrap,
+    paired_bootstrap_delta,
+    token_f1,
+)
 from indictune.eval.scoring import InputTooLong, ScoringError, choice_loglikelihoods, generate, text_nll
 from indictune.eval.tasks import MissingTaskData, Task, chunks, load_task
-from indictune.core.lineage import code_commit
 
 
 class EvalError(ValueError):
@@ -67,11 +78,13 @@ class EvalConfig:
     device: str | None = field(None, help="default: cuda if available, else cpu")
     trust_remote_code: bool = field(False, help="allow custom model code from the model's repository")
     missing_data: Literal["error", "skip"] = field(
-        "error", help="a task with no local data and no hub access: stop, or skip it and report it")
+        "error", help="a task with no local data and no hub access: stop, or skip it and report it"
+    )
     share_context: bool = field(True, help="run a question's context once for all its choices")
     use_cache: bool = field(True, help="reuse results cached under the same weights, tokenizer and task")
     allow_base_mismatch: bool = field(
-        False, help="score an adapter on a model other than the one it was trained on (recorded and shown as such)")
+        False, help="score an adapter on a model other than the one it was trained on (recorded and shown as such)"
+    )
     bootstrap_samples: int = field(1000, minimum=100, help="resamples for the 95% paired intervals")
     seed: int = field(0, minimum=0, help="seeds few-shot draws and the bootstrap")
 
@@ -79,7 +92,9 @@ class EvalConfig:
         check_ranges(self, "evaluation")
         if self.adapter and self.base:
             raise ValueError("give --adapter (the base is --model) or --base (for a full checkpoint), not both")
-        self.tasks = [TaskRun(t) if isinstance(t, str) else TaskRun(**t) if isinstance(t, dict) else t for t in self.tasks]
+        self.tasks = [
+            TaskRun(t) if isinstance(t, str) else TaskRun(**t) if isinstance(t, dict) else t for t in self.tasks
+        ]
 
 
 @dataclass
@@ -98,7 +113,9 @@ def _dtype(config: EvalConfig, device: str) -> torch.dtype:
 
 def plan(config: EvalConfig) -> tuple[Variant | None, list[Variant]]:
     if config.adapter:
-        candidates = [Variant(f"{config.model} + {a}", config.model, a, f"adapter{i}") for i, a in enumerate(config.adapter)]
+        candidates = [
+            Variant(f"{config.model} + {a}", config.model, a, f"adapter{i}") for i, a in enumerate(config.adapter)
+        ]
         return Variant(config.model, config.model), candidates
     if config.base:
         return Variant(config.base, config.base), [Variant(config.model, config.model)]
@@ -111,7 +128,9 @@ class Loaded:
     def __init__(self, model_path: str, adapters: list[Variant], config: EvalConfig, device: str):
         kwargs = {"trust_remote_code": config.trust_remote_code}
         self.tokenizers = {None: AutoTokenizer.from_pretrained(model_path, **kwargs)}
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=_dtype(config, device), use_safetensors=True, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=_dtype(config, device), use_safetensors=True, **kwargs
+        )
         self.base_rows = model.get_input_embeddings().weight.shape[0]
         for variant in adapters:
             self.tokenizers[variant.adapter_name] = AutoTokenizer.from_pretrained(variant.adapter, **kwargs)
@@ -140,17 +159,29 @@ def score_task(model, tokenizer, vocab_size: int, task: Task, items, config: Eva
     """Per-item results of one task in one language: what the summaries and paired tests need."""
     if task.type == "language_modeling":
         nll = text_nll(model, tokenizer, items, config.batch_size, desc, vocab_size)
-        return {"nll": [n for n, _ in nll], "chars": [len(p) for p in items], "bytes": [len(p.encode()) for p in items],
-                "tokens": sum(t for _, t in nll), "words": sum(len(p.split()) for p in items)}
+        return {
+            "nll": [n for n, _ in nll],
+            "chars": [len(p) for p in items],
+            "bytes": [len(p.encode()) for p in items],
+            "tokens": sum(t for _, t in nll),
+            "words": sum(len(p.split()) for p in items),
+        }
     ids = [item["id"] for item in items]
     if task.type == "multiple_choice":
         questions = [(item["context"], [task.target_delimiter + c for c in item["choices"]]) for item in items]
-        scores = choice_loglikelihoods(model, tokenizer, questions, config.batch_size, vocab_size,
-                                       config.share_context, desc)
-        return {"ids": ids, "loglikelihoods": scores, "gold": [item["gold"] for item in items],
-                "choice_bytes": [[len(c.encode()) for c in item["choices"]] for item in items]}
+        scores = choice_loglikelihoods(
+            model, tokenizer, questions, config.batch_size, vocab_size, config.share_context, desc
+        )
+        return {
+            "ids": ids,
+            "loglikelihoods": scores,
+            "gold": [item["gold"] for item in items],
+            "choice_bytes": [[len(c.encode()) for c in item["choices"]] for item in items],
+        }
     prompts = [item["context"] + task.target_delimiter.rstrip(" ") for item in items]
-    predictions = generate(model, tokenizer, prompts, task.max_new_tokens, task.stop, config.batch_size, vocab_size, desc)
+    predictions = generate(
+        model, tokenizer, prompts, task.max_new_tokens, task.stop, config.batch_size, vocab_size, desc
+    )
     return {"ids": ids, "predictions": predictions, "references": [item["references"] for item in items]}
 
 
@@ -160,8 +191,15 @@ def summarize(task: Task, lang: str, result: dict, base: dict | None, config: Ev
     rows = []
 
     def add(metric: str, value: float, n: int, compare=None, p_value=None, detail=None):
-        row = {"task": task.name, "lang": lang, "metric": metric, "value": float(value), "n": n, "origin": task.origin,
-               "detail": detail}
+        row = {
+            "task": task.name,
+            "lang": lang,
+            "metric": metric,
+            "value": float(value),
+            "n": n,
+            "origin": task.origin,
+            "detail": detail,
+        }
         if compare:
             delta, low, high = compare()
             row.update(delta=delta, delta_low=low, delta_high=high, p_value=p_value)
@@ -173,37 +211,69 @@ def summarize(task: Task, lang: str, result: dict, base: dict | None, config: Ev
     if task.type == "language_modeling":
         n = len(result["chars"])
         for metric, units in (("bits_per_character", "chars"), ("bits_per_byte", "bytes")):
-            add(metric, bits_per_unit(result["nll"], result[units]), n,
-                paired and (lambda u=units: paired_bootstrap_delta(base["nll"], result["nll"], result[u], samples, seed)))
+            add(
+                metric,
+                bits_per_unit(result["nll"], result[units]),
+                n,
+                paired
+                and (lambda u=units: paired_bootstrap_delta(base["nll"], result["nll"], result[u], samples, seed)),
+            )
         fertility = result["tokens"] / result["words"]
-        add("tokens_per_word", fertility, result["words"],
-            paired and (lambda: (fertility - base["tokens"] / base["words"], None, None)))
+        add(
+            "tokens_per_word",
+            fertility,
+            result["words"],
+            paired and (lambda: (fertility - base["tokens"] / base["words"], None, None)),
+        )
     elif task.type == "multiple_choice":
         for metric, lengths in (("accuracy", None), ("accuracy_bytes", "choice_bytes")):
+
             def correct(r: dict, lengths=lengths) -> list[bool]:
                 return choice_correct(r["loglikelihoods"], r["gold"], r[lengths] if lengths else None)
 
             now = correct(result)
             before = correct(base) if paired else None
-            add(metric, 100 * np.mean(now), len(now),
-                paired and (lambda b=before, c=now: mean_delta([100.0 * x for x in b], [100.0 * x for x in c], samples, seed)),
-                mcnemar_p(before, now) if paired else None)
+            add(
+                metric,
+                100 * np.mean(now),
+                len(now),
+                paired
+                and (lambda b=before, c=now: mean_delta([100.0 * x for x in b], [100.0 * x for x in c], samples, seed)),
+                mcnemar_p(before, now) if paired else None,
+            )
     elif task.metric == "chrf":
         stats, signature = chrf_statistics(result["predictions"], result["references"])
         base_stats = chrf_statistics(base["predictions"], base["references"])[0] if paired else None
-        add("chrf++", chrf_from_statistics(np.asarray(stats).sum(0))[0], len(stats),
-            paired and (lambda: paired_bootstrap(chrf_from_statistics, np.asarray(base_stats), np.asarray(stats),
-                                                 samples, seed)),
-            detail=signature)
+        add(
+            "chrf++",
+            chrf_from_statistics(np.asarray(stats).sum(0))[0],
+            len(stats),
+            paired
+            and (
+                lambda: paired_bootstrap(chrf_from_statistics, np.asarray(base_stats), np.asarray(stats), samples, seed)
+            ),
+            detail=signature,
+        )
     else:
         for metric, fn in (("exact_match", exact_match), ("f1", token_f1)):
+
             def per_item(r: dict, fn=fn) -> list[float]:
                 return [100 * fn(p, refs, lang) for p, refs in zip(r["predictions"], r["references"])]
 
             now = per_item(result)
             before = per_item(base) if paired else None
-            p_value = mcnemar_p([x == 100 for x in before], [x == 100 for x in now]) if paired and metric == "exact_match" else None
-            add(metric, np.mean(now), len(now), paired and (lambda b=before, v=now: mean_delta(b, v, samples, seed)), p_value)
+            p_value = (
+                mcnemar_p([x == 100 for x in before], [x == 100 for x in now])
+                if paired and metric == "exact_match"
+                else None
+            )
+            add(
+                metric,
+                np.mean(now),
+                len(now),
+                paired and (lambda b=before, v=now: mean_delta(b, v, samples, seed)),
+                p_value,
+            )
     return rows
 
 
@@ -240,7 +310,9 @@ def evaluate(config: EvalConfig) -> dict:
         rejected[f"{task.name}/{lang}"] = dict(reasons)
     if not prepared:
         raise EvalError("no task has data here: " + "; ".join(s["reason"] for s in skipped))
-    mismatches = {c.label: adapter_problem(c.adapter, c.model, config.allow_base_mismatch) for c in candidates if c.adapter}
+    mismatches = {
+        c.label: adapter_problem(c.adapter, c.model, config.allow_base_mismatch) for c in candidates if c.adapter
+    }
 
     results: dict[str, dict] = {}
     groups = [[base, *candidates]] if config.adapter else [[v] for v in ([base] if base else []) + candidates]
@@ -248,14 +320,18 @@ def evaluate(config: EvalConfig) -> dict:
         identities = {v.label: _file_hashes(v) for v in group}
         loaded = Loaded(group[0].model, [v for v in group if v.adapter], config, device)
         for variant in group:
-            results[variant.label] = _score_variant(loaded, variant, identities[variant.label], prepared, config, device)
+            results[variant.label] = _score_variant(
+                loaded, variant, identities[variant.label], prepared, config, device
+            )
         del loaded
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
         for variant in group:  # a file rewritten while it was scored: the scores belong to no one set of bytes
             if _file_hashes(variant) != identities[variant.label]:
-                raise EvalError(f"{variant.adapter or variant.model} was rewritten while it was evaluated; nothing was "
-                                "recorded. Evaluate it again once whatever writes it has finished")
+                raise EvalError(
+                    f"{variant.adapter or variant.model} was rewritten while it was evaluated; nothing was "
+                    "recorded. Evaluate it again once whatever writes it has finished"
+                )
 
     def run_record(variant: Variant, compare_to: Variant | None) -> dict:
         scored = results[variant.label]
@@ -267,18 +343,28 @@ def evaluate(config: EvalConfig) -> dict:
             for row in summarize(task, lang, scored["tasks"][key], against, config):
                 problem = out_of_range(row["metric"], row["value"])
                 if problem:
-                    raise EvalError(f"{variant.label}, task {task.name} ({lang}): {problem}; nothing was recorded. "
-                                    "Check that the tokenizer in the model folder is the one it was trained with")
+                    raise EvalError(
+                        f"{variant.label}, task {task.name} ({lang}): {problem}; nothing was recorded. "
+                        "Check that the tokenizer in the model folder is the one it was trained with"
+                    )
                 rows.append({**row, "shots": run.shots})
         return {
-            "created": created, "label": variant.label, "model": variant.model, "adapter": variant.adapter,
+            "created": created,
+            "label": variant.label,
+            "model": variant.model,
+            "adapter": variant.adapter,
             "base_label": compare_to.label if compare_to else None,
             "suite": ",".join(run.task for run in config.tasks),
-            "tokenizer_sha256": scored["tokenizer_sha256"], "weights_sha256": scored["weights_sha256"],
-            "adapter_sha256": scored["adapter_sha256"], "dtype": str(_dtype(config, device)).removeprefix("torch."),
-            "code_commit": code_commit(), "recipe": json.loads(json.dumps(to_dict(config), default=str)),
-            "lineage": _lineage(variant), "base_mismatch": mismatches.get(variant.label),
-            "skipped": skipped + scored["skipped"], "scores": rows,
+            "tokenizer_sha256": scored["tokenizer_sha256"],
+            "weights_sha256": scored["weights_sha256"],
+            "adapter_sha256": scored["adapter_sha256"],
+            "dtype": str(_dtype(config, device)).removeprefix("torch."),
+            "code_commit": code_commit(),
+            "recipe": json.loads(json.dumps(to_dict(config), default=str)),
+            "lineage": _lineage(variant),
+            "base_mismatch": mismatches.get(variant.label),
+            "skipped": skipped + scored["skipped"],
+            "scores": rows,
         }
 
     runs = ([run_record(base, None)] if base else []) + [run_record(c, base) for c in candidates]
@@ -287,8 +373,9 @@ def evaluate(config: EvalConfig) -> dict:
         _write_samples(Path(config.output_dir) / "samples" / store.slug(run["label"]), results[run["label"]]["tasks"])
     too_long = [{**entry, "model": label} for label, scored in results.items() for entry in scored["skipped"]]
     summary = {"config": to_dict(config), "runs": runs, "skipped": skipped + too_long, "rejected": rejected}
-    atomic_write_text(Path(config.output_dir) / "results.json",
-                      json.dumps(summary, indent=2, ensure_ascii=False, default=str) + "\n")
+    atomic_write_text(
+        Path(config.output_dir) / "results.json", json.dumps(summary, indent=2, ensure_ascii=False, default=str) + "\n"
+    )
     return summary
 
 
@@ -300,32 +387,57 @@ def _score_variant(loaded: Loaded, variant: Variant, files: dict, prepared, conf
     """Results per suite entry (from the cache where the same bytes were scored before), and the entries
     skipped because their inputs do not fit the model."""
     context, tokenizer, vocab_size = loaded.use(variant)
-    identity = {**files, "tokenizer": tokenizer_sha256(tokenizer), "dtype": str(_dtype(config, device)),
-                "share_context": config.share_context, "vocab_size": vocab_size}
+    identity = {
+        **files,
+        "tokenizer": tokenizer_sha256(tokenizer),
+        "dtype": str(_dtype(config, device)),
+        "share_context": config.share_context,
+        "vocab_size": vocab_size,
+    }
     cacheable = identity["weights"] is not None and (variant.adapter is None or identity["adapter"] is not None)
     tasks, skipped = {}, []
     with context:
         for key, task, lang, run, items in prepared:
             # The task's definition and the very items scored: a changed data file is never served stale results.
             definition = {k: v for k, v in to_dict(task).items() if k != "source"}
-            content = hashlib.sha256(json.dumps([definition, items], sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+            content = hashlib.sha256(
+                json.dumps([definition, items], sort_keys=True, ensure_ascii=False).encode()
+            ).hexdigest()
             cache_key = cache.result_key(**identity, task=content)
             result = cache.load(cache_key) if config.use_cache and cacheable else None
             if result is None:
                 try:
-                    result = score_task(loaded.model, tokenizer, vocab_size, task, items, config,
-                                        desc=f"{variant.label[-40:]} {task.name} {lang}")
+                    result = score_task(
+                        loaded.model,
+                        tokenizer,
+                        vocab_size,
+                        task,
+                        items,
+                        config,
+                        desc=f"{variant.label[-40:]} {task.name} {lang}",
+                    )
                 except InputTooLong as err:
-                    skipped.append({"task": task.name, "lang": lang, "shots": run.shots,
-                                    "reason": f"task {task.name} ({lang}, {run.shots} shots): {err}"})
+                    skipped.append(
+                        {
+                            "task": task.name,
+                            "lang": lang,
+                            "shots": run.shots,
+                            "reason": f"task {task.name} ({lang}, {run.shots} shots): {err}",
+                        }
+                    )
                     continue
                 except ScoringError as err:
                     raise EvalError(f"{variant.label}, task {task.name} ({lang}): {err}") from None
                 if cacheable:
                     cache.save(cache_key, result)
             tasks[key] = result
-    return {"tokenizer_sha256": identity["tokenizer"], "weights_sha256": identity["weights"],
-            "adapter_sha256": identity["adapter"], "tasks": tasks, "skipped": skipped}
+    return {
+        "tokenizer_sha256": identity["tokenizer"],
+        "weights_sha256": identity["weights"],
+        "adapter_sha256": identity["adapter"],
+        "tasks": tasks,
+        "skipped": skipped,
+    }
 
 
 def adapter_problem(adapter: str, model: str, allow_base_mismatch: bool) -> str | None:
@@ -334,27 +446,37 @@ def adapter_problem(adapter: str, model: str, allow_base_mismatch: bool) -> str 
     folder = Path(adapter)
     config_path = folder / "adapter_config.json"
     if not config_path.is_file():
-        raise EvalError(f"{adapter}: no adapter_config.json; give the folder an adapter was saved to with save_pretrained")
+        raise EvalError(
+            f"{adapter}: no adapter_config.json; give the folder an adapter was saved to with save_pretrained"
+        )
     if not (folder / "adapter_model.safetensors").is_file():
         found = ", ".join(sorted(p.name for p in folder.glob("adapter_model*"))) or "no weights"
-        raise EvalError(f"{adapter}: no adapter_model.safetensors ({found}); pickled weights are never loaded. "
-                        "Save the adapter with save_pretrained(dir, safe_serialization=True)")
+        raise EvalError(
+            f"{adapter}: no adapter_model.safetensors ({found}); pickled weights are never loaded. "
+            "Save the adapter with save_pretrained(dir, safe_serialization=True)"
+        )
     trained_on = json.loads(config_path.read_text(encoding="utf-8")).get("base_model_name_or_path")
-    trained_hash = ((_read_lineage(folder) or {}).get("base_weights_sha256"))
+    trained_hash = (_read_lineage(folder) or {}).get("base_weights_sha256")
     model_hash = cache.weights_sha256(model) if trained_hash else None
     if trained_hash and model_hash:
         same = trained_hash == model_hash
-        mismatch = (f"adapter {adapter} was trained on {trained_on} (weights sha256 {trained_hash[:12]}, from its "
-                    f"lineage.json); {model} has weights {model_hash[:12]}")
+        mismatch = (
+            f"adapter {adapter} was trained on {trained_on} (weights sha256 {trained_hash[:12]}, from its "
+            f"lineage.json); {model} has weights {model_hash[:12]}"
+        )
     else:
         same = trained_on is not None and _same_model(trained_on, model)
-        mismatch = (f"adapter {adapter} was trained on {trained_on} (base_model_name_or_path in its "
-                    f"adapter_config.json), not on {model}")
+        mismatch = (
+            f"adapter {adapter} was trained on {trained_on} (base_model_name_or_path in its "
+            f"adapter_config.json), not on {model}"
+        )
     if same:
         return None
     if not allow_base_mismatch:
-        raise EvalError(f"{mismatch}. Score it on --model {trained_on}, or pass --allow_base_mismatch true to score "
-                        "it anyway (the run is then marked as a base mismatch)")
+        raise EvalError(
+            f"{mismatch}. Score it on --model {trained_on}, or pass --allow_base_mismatch true to score "
+            "it anyway (the run is then marked as a base mismatch)"
+        )
     return mismatch
 
 

@@ -11,9 +11,9 @@ Three types:
 Prompts, choices and targets are Jinja templates over the record's fields; ``doc`` is the record
 itself (for field names with spaces), ``language`` the language's row of core/languages.py and
 ``lit`` the task's words for that language (``literals``). Data paths may use ``{lang}``,
-``{flores}``, ``{name}`` (the language's codes and English name), ``{shared}``
-(``$INDICTUNE_SHARED_DATA``, default ``../shared/data``) and ``{eval_data}`` (``$INDICTUNE_EVAL_DATA``,
-default ``eval-data``: where local copies of Hugging Face datasets live).
+``{flores}``, ``{name}`` (the language's codes and English name), ``{shared}`` (the shared data,
+``$INDICTUNE_SHARED_DATA``) and ``{eval_data}`` (where local copies of Hugging Face datasets live,
+``$INDICTUNE_EVAL_DATA``); their defaults are in core/paths.py.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from typing import Any, Literal
 from jinja2 import StrictUndefined, TemplateError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from indictune.core.paths import eval_data_dir, shared_data_dir
 from indictune.core import languages
+from indictune.core.paths import eval_data_dir, shared_data_dir
 from indictune.core.recipe import RecipeError, build, check_ranges, field, read_yaml
 
 TASKS_DIR = Path(__file__).parent / "tasks"
@@ -46,10 +46,14 @@ class MissingTaskData(FileNotFoundError):
 @dataclass
 class TaskData:
     path: str | dict[str, str] | None = field(
-        None, help="local file per language (a template, or a mapping language -> file)")
+        None, help="local file per language (a template, or a mapping language -> file)"
+    )
     format: Literal["auto", "text", "jsonl", "json", "squad", "parquet", "csv", "tsv", "parallel"] = field(
-        "auto", help="auto: by the file's extension; squad: SQuAD JSON; parallel: line-aligned text files")
-    hf: str | None = field(None, help="Hugging Face dataset id, used when no local copy exists and the hub is reachable")
+        "auto", help="auto: by the file's extension; squad: SQuAD JSON; parallel: line-aligned text files"
+    )
+    hf: str | None = field(
+        None, help="Hugging Face dataset id, used when no local copy exists and the hub is reachable"
+    )
     hf_name: str | None = field(None, help="the dataset's configuration; {lang}, {flores} and {name} are filled in")
     hf_revision: str | None = field(None, help="e.g. refs/convert/parquet for datasets that had loading scripts")
     split: str = "test"
@@ -64,10 +68,15 @@ class Task:
     type: Literal["language_modeling", "multiple_choice", "generation"] = "language_modeling"
     description: str = ""
     origin: Literal["native", "human-translated", "machine-translated"] = field(
-        "native", help="how the data was written; shown next to scores")
+        "native", help="how the data was written; shown next to scores"
+    )
     languages: list[str] = field(default_factory=list, help="languages the task has data for")
-    chunk_bytes: int = field(1000, minimum=4, help="language_modeling: score text in chunks of at most this many UTF-8 "
-                             "bytes (at least 4, the longest UTF-8 character)")
+    chunk_bytes: int = field(
+        1000,
+        minimum=4,
+        help="language_modeling: score text in chunks of at most this many UTF-8 "
+        "bytes (at least 4, the longest UTF-8 character)",
+    )
     prompt: str = field("", help="Jinja template of what the model reads")
     choices: list[str] = field(default_factory=list, help="multiple_choice: one template per choice")
     choices_from: str | None = field(None, help="multiple_choice: the choices are the distinct values of this field")
@@ -76,7 +85,9 @@ class Task:
     target_delimiter: str = field(" ", help="between the prompt and an answer")
     fewshot_delimiter: str = field("\n\n", help="between worked examples")
     literals: dict[str, dict[str, str]] = field(default_factory=dict, help="per language: words the templates use")
-    direction: Literal["from_english", "to_english"] | None = field(None, help="parallel data: which side is the source")
+    direction: Literal["from_english", "to_english"] | None = field(
+        None, help="parallel data: which side is the source"
+    )
     metric: Literal["bits", "accuracy", "chrf", "squad"] = field("bits", help="chrf: chrF++; squad: exact match and F1")
     max_new_tokens: int = field(48, minimum=1, help="generation: the longest answer, in tokens")
     stop: list[str] = field(default_factory=lambda: ["\n"], help="generation ends at the first of these")
@@ -86,7 +97,9 @@ class Task:
         check_ranges(self, f"task {self.name}")
         expected = {"language_modeling": {"bits"}, "multiple_choice": {"accuracy"}, "generation": {"chrf", "squad"}}
         if self.metric not in expected[self.type]:
-            raise ValueError(f"metric {self.metric!r} does not fit type {self.type!r} (use {sorted(expected[self.type])})")
+            raise ValueError(
+                f"metric {self.metric!r} does not fit type {self.type!r} (use {sorted(expected[self.type])})"
+            )
         if self.type == "multiple_choice" and not (self.choices or self.choices_from):
             raise ValueError("a multiple_choice task needs choices or choices_from")
         if self.data.format == "parallel" and self.direction is None:
@@ -115,13 +128,17 @@ class Task:
             source_lines = _lines(source)
             target_lines = _lines(target)
             if len(source_lines) != len(target_lines):
-                raise ValueError(f"task {self.name}: {source} has {len(source_lines)} lines, {target} {len(target_lines)}; "
-                                 "parallel files must be line-aligned")
+                raise ValueError(
+                    f"task {self.name}: {source} has {len(source_lines)} lines, {target} {len(target_lines)}; "
+                    "parallel files must be line-aligned"
+                )
             names = ("English", languages.get(lang).name)
             if self.direction == "to_english":
                 names = names[::-1]
-            rows = [{"id": str(i), "source": s, "target": t, "source_language": names[0], "target_language": names[1]}
-                    for i, (s, t) in enumerate(zip(source_lines, target_lines))]
+            rows = [
+                {"id": str(i), "source": s, "target": t, "source_language": names[0], "target_language": names[1]}
+                for i, (s, t) in enumerate(zip(source_lines, target_lines))
+            ]
         else:
             path = self.path(lang)
             if path is not None and path.is_file():
@@ -141,7 +158,8 @@ class Task:
         where = f"no local copy at {path}" if path else "no local path"
         hub = f"; online it loads {self.data.hf}" if self.data.hf else ""
         raise MissingTaskData(
-            f"task {self.name} ({lang}): {where}{hub}. Put the data there (fields: {self.data.schema or 'see the task'}), "
+            f"task {self.name} ({lang}): {where}{hub}. "
+            f"Put the data there (fields: {self.data.schema or 'see the task'}), "
             f"or point data.path in {self.file} (or $INDICTUNE_EVAL_DATA / $INDICTUNE_SHARED_DATA) at it"
         )
 
@@ -167,8 +185,9 @@ class Task:
 
     def render(self, template: str, record: dict, lang: str) -> str:
         language = languages.get(lang)
-        return _JINJA.from_string(template).render(**record, doc=record, language=language,
-                                                    lit=self.literals.get(lang, {}))
+        return _JINJA.from_string(template).render(
+            **record, doc=record, language=language, lit=self.literals.get(lang, {})
+        )
 
     def items(self, lang: str, shots: int = 0, limit: int | None = None, seed: int = 0) -> tuple[list[dict], Counter]:
         """What the scorer needs per item, the first ``limit`` of them, and rejects by reason.
@@ -194,8 +213,10 @@ class Task:
             else:
                 built.append(item)
         if records and not built:
-            raise ValueError(f"task {self.name} ({lang}): every record was rejected ({dict(rejected)}); "
-                             f"first error: {errors[0] if errors else '-'}; check the templates in {self.file}")
+            raise ValueError(
+                f"task {self.name} ({lang}): every record was rejected ({dict(rejected)}); "
+                f"first error: {errors[0] if errors else '-'}; check the templates in {self.file}"
+            )
         # Worked examples are written before any context gains its own examples, so they never nest.
         worked = {item["id"]: self._worked(item) for item in built} if shots else {}
         if limit is not None:
@@ -231,7 +252,9 @@ class Task:
             value: Any = record
             for part in self.references.split("."):
                 value = value[part]
-            if isinstance(value, dict) and "text" in value:  # the hub's SQuAD layout: {text: [...], answer_start: [...]}
+            if (
+                isinstance(value, dict) and "text" in value
+            ):  # the hub's SQuAD layout: {text: [...], answer_start: [...]}
                 value = value["text"]
             references = [value] if isinstance(value, str) else [str(v) for v in value]
         else:
@@ -254,8 +277,13 @@ def _offline() -> bool:
 
 def _fill(template: str, lang: str) -> str:
     language = languages.get(lang)
-    return template.format(lang=language.code, flores=language.flores, name=language.name,
-                           shared=str(shared_data_dir()), eval_data=str(eval_data_dir()))
+    return template.format(
+        lang=language.code,
+        flores=language.flores,
+        name=language.name,
+        shared=str(shared_data_dir()),
+        eval_data=str(eval_data_dir()),
+    )
 
 
 def _lines(path: Path) -> list[str]:
@@ -266,14 +294,16 @@ def _read(path: Path, fmt: str, rejected: Counter) -> list[dict]:
     """Rows of a local file; unreadable rows are counted in ``rejected``, never dropped silently."""
     if fmt == "auto":
         suffix = path.suffix.lower().lstrip(".")
-        fmt = {"txt": "text", "jsonl": "jsonl", "json": "json", "parquet": "parquet", "csv": "csv", "tsv": "tsv"}.get(suffix)
+        fmt = {"txt": "text", "jsonl": "jsonl", "json": "json", "parquet": "parquet", "csv": "csv", "tsv": "tsv"}.get(
+            suffix
+        )
         if fmt is None:
             raise ValueError(f"{path}: cannot tell the format from the extension; set data.format")
     if fmt == "text":
         return [{"text": line} for line in _lines(path)]
     if fmt == "jsonl":
         rows = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
+        for line in path.read_text(encoding="utf-8").split("\n"):
             if not line.strip():
                 continue
             try:
@@ -316,8 +346,15 @@ def _squad_rows(content: dict) -> list[dict]:
     for article in content["data"]:
         for paragraph in article["paragraphs"]:
             for qa in paragraph["qas"]:
-                rows.append({"id": str(qa["id"]), "title": article.get("title", ""), "context": paragraph["context"],
-                             "question": qa["question"], "answers": [a["text"] for a in qa.get("answers", [])]})
+                rows.append(
+                    {
+                        "id": str(qa["id"]),
+                        "title": article.get("title", ""),
+                        "context": paragraph["context"],
+                        "question": qa["question"],
+                        "answers": [a["text"] for a in qa.get("answers", [])],
+                    }
+                )
     return rows
 
 
@@ -343,8 +380,10 @@ def chunks(paragraphs: list[str], max_bytes: int) -> list[str]:
         while len(paragraph.encode("utf-8")) > max_bytes:
             head = paragraph.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
             if not head:  # not even one character fits: cutting would never end
-                raise ValueError(f"chunk_bytes {max_bytes} is smaller than the character {paragraph[0]!r} "
-                                 f"({len(paragraph[0].encode('utf-8'))} UTF-8 bytes); use at least 4")
+                raise ValueError(
+                    f"chunk_bytes {max_bytes} is smaller than the character {paragraph[0]!r} "
+                    f"({len(paragraph[0].encode('utf-8'))} UTF-8 bytes); use at least 4"
+                )
             cut = head.rfind(" ")
             cut = cut if cut > 0 else len(head)
             pieces.append(paragraph[:cut])

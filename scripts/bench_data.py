@@ -31,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+from indictune.core import text as text_units
 from indictune.core.paths import shared_data_dir
 from indictune.data.readers import Source, read
 from indictune.data.stages.dedup import Dedup, DedupConfig
@@ -38,14 +39,27 @@ from indictune.data.stages.identify import Identify, IdentifyConfig
 from indictune.data.stages.normalize import Normalize, NormalizeConfig
 from indictune.data.stages.pii import Pii, PiiConfig
 from indictune.data.stages.quality import Quality, QualityConfig
-from indictune.core import text as text_units
 
 DUMPS = {"mr": "mrwiki-truncated-100k.xml.xz", "bn": "bnwiki-truncated-100k.xml.xz"}
 FINEWEB2 = {  # configs/<lang>.yml of huggingface/fineweb-2
-    "mr": dict(flores="mar_Deva", dup_line_frac=0.233, line_punct_thr=0.008, new_line_ratio=0.351, min_len=2, max_len=35,
-               non_alpha=0.798),
-    "bn": dict(flores="ben_Beng", dup_line_frac=0.203, line_punct_thr=0.125, new_line_ratio=0.171, min_len=3, max_len=24,
-               non_alpha=0.80),
+    "mr": dict(
+        flores="mar_Deva",
+        dup_line_frac=0.233,
+        line_punct_thr=0.008,
+        new_line_ratio=0.351,
+        min_len=2,
+        max_len=35,
+        non_alpha=0.798,
+    ),
+    "bn": dict(
+        flores="ben_Beng",
+        dup_line_frac=0.203,
+        line_punct_thr=0.125,
+        new_line_ratio=0.171,
+        min_len=3,
+        max_len=24,
+        non_alpha=0.80,
+    ),
 }
 
 
@@ -82,13 +96,28 @@ def datatrove_cleaning(records: list[dict]) -> float:
     chains = {}
     for lang, c in FINEWEB2.items():
         chains[lang] = [
-            GopherRepetitionFilter(dup_line_frac=c["dup_line_frac"], dup_para_frac=None, dup_line_char_frac=None,
-                                   dup_para_char_frac=None, language=c["flores"]),
-            FineWebQualityFilter(line_punct_thr=c["line_punct_thr"], short_line_thr=999, char_duplicates_ratio=0.1,
-                                 new_line_ratio=c["new_line_ratio"], language=c["flores"]),
-            GopherQualityFilter(min_avg_word_length=c["min_len"], max_avg_word_length=c["max_len"],
-                                max_non_alpha_words_ratio=c["non_alpha"], min_stop_words=2,
-                                stop_words=list(languages.get(lang).stopwords), language=c["flores"]),
+            GopherRepetitionFilter(
+                dup_line_frac=c["dup_line_frac"],
+                dup_para_frac=None,
+                dup_line_char_frac=None,
+                dup_para_char_frac=None,
+                language=c["flores"],
+            ),
+            FineWebQualityFilter(
+                line_punct_thr=c["line_punct_thr"],
+                short_line_thr=999,
+                char_duplicates_ratio=0.1,
+                new_line_ratio=c["new_line_ratio"],
+                language=c["flores"],
+            ),
+            GopherQualityFilter(
+                min_avg_word_length=c["min_len"],
+                max_avg_word_length=c["max_len"],
+                max_non_alpha_words_ratio=c["non_alpha"],
+                min_stop_words=2,
+                stop_words=list(languages.get(lang).stopwords),
+                language=c["flores"],
+            ),
         ]
     formatters = [FTFYFormatter(), PIIFormatter()]
     documents = [(r["lang"], Document(text=r["text"], id=r["id"])) for r in records]
@@ -113,12 +142,13 @@ def ours_signatures(texts: list[str]) -> float:
 
 
 def datatrove_signatures(records: list[dict], tmp: Path) -> float:
+    import xxhash
     from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
 
-    import xxhash
-
-    signers = {lang: MinhashDedupSignature(output_folder=str(tmp / lang), config=MinhashConfig(),
-                                           language=c["flores"]) for lang, c in FINEWEB2.items()}
+    signers = {
+        lang: MinhashDedupSignature(output_folder=str(tmp / lang), config=MinhashConfig(), language=c["flores"])
+        for lang, c in FINEWEB2.items()
+    }
     for signer in signers.values():  # datatrove 0.10 hands xxhash a str, which xxhash 4 refuses; encode as xxhash 3 did
         signer._hash_func = lambda s: xxhash.xxh64_intdigest(s.encode("utf-8"))
     start = time.perf_counter()
@@ -129,10 +159,16 @@ def datatrove_signatures(records: list[dict], tmp: Path) -> float:
 
 
 def shingle_set(content: str) -> set[int]:
-    return set(text_units.ngram_hashes(text_units.word_hashes(text_units.words(text_units.comparison_key(content))), 5).tolist())
+    return set(
+        text_units.ngram_hashes(
+            text_units.word_hashes(text_units.words(text_units.comparison_key(content))), 5
+        ).tolist()
+    )
 
 
-def plant_near_duplicates(records: list[dict], count: int, seed: int = 0) -> tuple[list[dict], dict[str, str], list[float]]:
+def plant_near_duplicates(
+    records: list[dict], count: int, seed: int = 0
+) -> tuple[list[dict], dict[str, str], list[float]]:
     """The corpus with `count` planted copies appended in random order; {copy id: original id}; their Jaccard."""
     rng = random.Random(seed)
     # Keep only articles that are no near-duplicate of another (wiki stubs built from one template are).
@@ -183,8 +219,11 @@ def main(argv: list[str] | None = None) -> int:
 
     records = load_articles(Path(args.shared))
     size = megabytes(r["text"] for r in records)
-    print(f"{len(records)} Wikipedia articles (mr, bn), {size:.1f} MB; one core "
-          f"({platform.processor() or platform.machine()}, {os.cpu_count()} visible)", file=sys.stderr)
+    print(
+        f"{len(records)} Wikipedia articles (mr, bn), {size:.1f} MB; one core "
+        f"({platform.processor() or platform.machine()}, {os.cpu_count()} visible)",
+        file=sys.stderr,
+    )
     ours_seconds, normalized = ours_cleaning(records)
     peer_seconds = datatrove_cleaning(records)
     texts = [r["text"] for r in normalized]
@@ -195,11 +234,14 @@ def main(argv: list[str] | None = None) -> int:
     precision, recall = dedup_accuracy(corpus, truth)
 
     figures = {
-        "articles": len(records), "megabytes": round(size, 2),
+        "articles": len(records),
+        "megabytes": round(size, 2),
         "cleaning_mb_s": {"indictune": round(size / ours_seconds, 2), "datatrove": round(size / peer_seconds, 2)},
         "minhash_mb_s": {"indictune": round(size / sig_ours, 2), "datatrove": round(size / sig_peer, 2)},
-        "planted": len(truth), "planted_jaccard": [round(min(similarity), 3), round(max(similarity), 3)],
-        "precision": round(precision, 4), "recall": round(recall, 4),
+        "planted": len(truth),
+        "planted_jaccard": [round(min(similarity), 3), round(max(similarity), 3)],
+        "precision": round(precision, 4),
+        "recall": round(recall, 4),
     }
     goals = {
         "cleaning >= 2x datatrove": figures["cleaning_mb_s"]["indictune"] >= 2 * figures["cleaning_mb_s"]["datatrove"],
@@ -208,10 +250,12 @@ def main(argv: list[str] | None = None) -> int:
         "recall >= 0.95": recall >= 0.95,
     }
     print("| measure | indictune | datatrove |\n|---|---:|---:|")
-    print(f"| cleaning chain, MB/s per core | {figures['cleaning_mb_s']['indictune']} | {figures['cleaning_mb_s']['datatrove']} |")
-    print(f"| MinHash signatures, MB/s per core | {figures['minhash_mb_s']['indictune']} | {figures['minhash_mb_s']['datatrove']} |")
-    print(f"| near duplicates found: precision / recall ({len(truth)} planted, Jaccard "
-          f"{figures['planted_jaccard'][0]}-{figures['planted_jaccard'][1]}) | {precision:.3f} / {recall:.3f} | |")
+    for label, key in (("cleaning chain", "cleaning_mb_s"), ("MinHash signatures", "minhash_mb_s")):
+        print(f"| {label}, MB/s per core | {figures[key]['indictune']} | {figures[key]['datatrove']} |")
+    print(
+        f"| near duplicates found: precision / recall ({len(truth)} planted, Jaccard "
+        f"{figures['planted_jaccard'][0]}-{figures['planted_jaccard'][1]}) | {precision:.3f} / {recall:.3f} | |"
+    )
     for goal, met in goals.items():
         print(f"{'PASS' if met else 'FAIL'}  {goal}")
     if args.json:

@@ -40,11 +40,21 @@ def main() -> None:
     packed = pack_dataset(docs, config.max_length, strategy="bfd_split")
     batches = [packed[i : i + config.batch_size] for i in range(0, config.batch_size * config.steps, config.batch_size)]
     torch.manual_seed(config.seed)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=4 * config.hidden_size,
-        num_hidden_layers=config.num_layers, num_attention_heads=max(1, config.hidden_size // 64),
-        max_position_embeddings=config.max_length, attn_implementation="sdpa",
-    )).to(device).train()
+    model = (
+        LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=config.vocab_size,
+                hidden_size=config.hidden_size,
+                intermediate_size=4 * config.hidden_size,
+                num_hidden_layers=config.num_layers,
+                num_attention_heads=max(1, config.hidden_size // 64),
+                max_position_embeddings=config.max_length,
+                attn_implementation="sdpa",
+            )
+        )
+        .to(device)
+        .train()
+    )
 
     results = {}
     for name, flatten in (("rows + per-document mask", False), ("one flattened row (padding-free)", True)):
@@ -65,12 +75,16 @@ def main() -> None:
 
     (rows_speed, rows_loss), (flat_speed, flat_loss) = results.values()
     assert np.allclose(rows_loss, flat_loss, atol=1e-4), "the two layouts must give the same loss"
-    print(f"device {device}, hidden {config.hidden_size}, layers {config.num_layers}, "
-          f"max_length {config.max_length}, batch {config.batch_size}, steps {config.steps}")
+    print(
+        f"device {device}, hidden {config.hidden_size}, layers {config.num_layers}, "
+        f"max_length {config.max_length}, batch {config.batch_size}, steps {config.steps}"
+    )
     for name, (speed, _) in results.items():
         print(f"{name:<34} {speed:>10.0f} tokens/s")
-    print(f"rows / flattened: {rows_speed / flat_speed:.2f}x, same loss (max diff "
-          f"{max(abs(a - b) for a, b in zip(rows_loss, flat_loss)):.2e})")
+    print(
+        f"rows / flattened: {rows_speed / flat_speed:.2f}x, same loss (max diff "
+        f"{max(abs(a - b) for a, b in zip(rows_loss, flat_loss)):.2e})"
+    )
 
 
 if __name__ == "__main__":

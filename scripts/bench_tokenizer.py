@@ -1,6 +1,6 @@
 """Fertility of extended tokenizers on held-out Indic text, against the base and a standalone tokenizer.
 
-    python scripts/bench_tokenizer.py [--shared ../shared/data] [--pieces 32000] [--temperature 2.0]
+    python scripts/bench_tokenizer.py [--shared DIR] [--pieces 32000] [--temperature 2.0]
 
 Training text: the shared data (Wikipedia mr/bn, news in eight languages, Hindi stories, Tamil
 transcripts, Gujarati OCR ground truth) plus the first half of FLORES-200 dev in ten languages;
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
 import tempfile
 import time
@@ -28,10 +27,28 @@ from indictune.data.readers import Source, read
 from indictune.training.tokenizer import bytelevel, spm
 from indictune.training.tokenizer.fertility import fertility
 
-TEN = {"hi": "hin_Deva", "mr": "mar_Deva", "bn": "ben_Beng", "pa": "pan_Guru", "gu": "guj_Gujr", "ta": "tam_Taml",
-       "te": "tel_Telu", "kn": "kan_Knda", "ml": "mal_Mlym", "or": "ory_Orya"}
-NEWS = {"hi": "Hindi", "mr": "Marathi", "bn": "Bengal", "ta": "Tamil", "te": "Telugu", "kn": "Kannada",
-        "ml": "Malayalam", "gu": "Gujarati"}
+TEN = {
+    "hi": "hin_Deva",
+    "mr": "mar_Deva",
+    "bn": "ben_Beng",
+    "pa": "pan_Guru",
+    "gu": "guj_Gujr",
+    "ta": "tam_Taml",
+    "te": "tel_Telu",
+    "kn": "kan_Knda",
+    "ml": "mal_Mlym",
+    "or": "ory_Orya",
+}
+NEWS = {
+    "hi": "Hindi",
+    "mr": "Marathi",
+    "bn": "Bengal",
+    "ta": "Tamil",
+    "te": "Telugu",
+    "kn": "Kannada",
+    "ml": "Malayalam",
+    "gu": "Gujarati",
+}
 
 
 def corpus(shared: Path) -> tuple[list[str], list[str], dict[str, list[str]]]:
@@ -53,8 +70,15 @@ def corpus(shared: Path) -> tuple[list[str], list[str], dict[str, list[str]]]:
             add([row[0] for row in list(csv.reader(handle))[1:] if row], lang)
     for lang in ("mr", "bn"):
         dump = shared / "wikipedia_dumps_mr_bn" / f"{lang}wiki-truncated-100k.xml.xz"
-        add([line for r in read(Source(path=str(dump), format="mediawiki", lang=lang)) if "read_error" not in r
-             for line in r["text"].split("\n")], lang)
+        add(
+            [
+                line
+                for r in read(Source(path=str(dump), format="mediawiki", lang=lang))
+                if "read_error" not in r
+                for line in r["text"].split("\n")
+            ],
+            lang,
+        )
     with open(shared / "indicglue_midas_hindi_discourse" / "discourse_dataset.tsv", encoding="utf-8") as handle:
         rows = list(csv.reader(handle, delimiter="\t"))
         column = rows[0].index("sentence") if "sentence" in rows[0] else 0
@@ -73,18 +97,19 @@ def table(rows: dict[str, dict[str, float]], names: list[str]) -> str:
 
 
 def measure(tokenizers: dict, heldout: dict[str, list[str]]) -> dict[str, dict[str, float]]:
-    return {lang: {name: fertility(tok, lines)["tokens_per_word"] for name, tok in tokenizers.items()}
-            for lang, lines in heldout.items()}
+    return {
+        lang: {name: fertility(tok, lines)["tokens_per_word"] for name, tok in tokenizers.items()}
+        for lang, lines in heldout.items()
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shared", default=str(shared_data_dir()))
+    parser.add_argument("--shared", default=str(shared_data_dir()), help="the shared data (default: %(default)s)")
     parser.add_argument("--pieces", type=int, default=32000)
     parser.add_argument("--temperature", type=float, default=2.0)
     args = parser.parse_args(argv)
-    from transformers import PreTrainedTokenizerFast
-    from transformers import LlamaTokenizer
+    from transformers import LlamaTokenizer, PreTrainedTokenizerFast
 
     shared = Path(args.shared)
     texts, langs, heldout = corpus(shared)
@@ -102,22 +127,36 @@ def main(argv: list[str] | None = None) -> int:
     trained_on = [line for i, line in enumerate(lines) if i % 10]  # what extend_byte_level trains on
     standalone_backend = bytelevel.train(trained_on, args.pieces, base3.backend_tokenizer)
     standalone_backend.decoder = base3.backend_tokenizer.decoder
-    llama3 = {"base": base3, "standalone": PreTrainedTokenizerFast(tokenizer_object=standalone_backend),
-              "extended": extended3}
+    llama3 = {
+        "base": base3,
+        "standalone": PreTrainedTokenizerFast(tokenizer_object=standalone_backend),
+        "extended": extended3,
+    }
     rows3 = measure(llama3, heldout)
-    used = {i for lang in TEN for ids in llama3["extended"](heldout[lang], add_special_tokens=False)["input_ids"]
-            for i in ids if i >= len(base3)}
+    used = {
+        i
+        for lang in TEN
+        for ids in llama3["extended"](heldout[lang], add_special_tokens=False)["input_ids"]
+        for i in ids
+        if i >= len(base3)
+    }
     average = sum(rows3[lang]["extended"] for lang in TEN) / len(TEN)
-    report += [f"Llama-3 (128,256 tokens) + {len(added):,} new tokens, extension {seconds:.0f} s", "",
-               table(rows3, list(llama3)), "",
-               f"average over the ten: base {sum(rows3[l]['base'] for l in TEN) / 10:.2f}, extended {average:.2f}; "
-               f"new tokens seen on FLORES held-out: {len(used):,} of {len(added):,} (every one is produced on the "
-               "10% of training lines set aside, or builds one that is)", ""]
+    report += [
+        f"Llama-3 (128,256 tokens) + {len(added):,} new tokens, extension {seconds:.0f} s",
+        "",
+        table(rows3, list(llama3)),
+        "",
+        f"average over the ten: base {sum(rows3[code]['base'] for code in TEN) / 10:.2f}, extended {average:.2f}; "
+        f"new tokens seen on FLORES held-out: {len(used):,} of {len(added):,} (every one is produced on the "
+        "10% of training lines set aside, or builds one that is)",
+        "",
+    ]
     goals["Llama-3 extended average <= 3.0"] = average <= 3.0
     goals["Llama-3 English up <= 1%"] = rows3["en"]["extended"] <= 1.01 * rows3["en"]["base"]
     goals["Llama-3 extension under 5 minutes"] = seconds < 300
     goals["Llama-3 extended <= 1.05x best of base/standalone, every language"] = all(
-        rows3[lang]["extended"] <= 1.05 * min(rows3[lang]["base"], rows3[lang]["standalone"]) for lang in TEN)
+        rows3[lang]["extended"] <= 1.05 * min(rows3[lang]["base"], rows3[lang]["standalone"]) for lang in TEN
+    )
 
     # Llama-2: SentencePiece
     base_proto = spm.load(str(shared / "tokenizers" / "llama2" / "tokenizer.model"))
@@ -133,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         rows2 = measure(tokenizers2, heldout)
     report += [f"Llama-2 (32,000 pieces) + {len(added2):,} new pieces", "", table(rows2, list(tokenizers2)), ""]
     goals["Llama-2 extended <= 1.05x best of base/standalone, every language"] = all(
-        rows2[lang]["extended"] <= 1.05 * min(rows2[lang]["base"], rows2[lang]["standalone"]) for lang in TEN)
+        rows2[lang]["extended"] <= 1.05 * min(rows2[lang]["base"], rows2[lang]["standalone"]) for lang in TEN
+    )
     goals["Llama-2 English up <= 1%"] = rows2["en"]["extended"] <= 1.01 * rows2["en"]["base"]
 
     print("\n".join(report))

@@ -42,11 +42,27 @@ from indictune.training.throughput import flops_per_token, peak_tflops
 from indictune.training.trainer import PretrainingTrainer
 
 ARCHITECTURES = {
-    "llama-3.1-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                         num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0,
-                         max_position_embeddings=131072, tie_word_embeddings=False),
-    "tiny": dict(vocab_size=2000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=False),
+    "llama-3.1-8b": dict(
+        vocab_size=128256,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        rope_theta=500000.0,
+        max_position_embeddings=131072,
+        tie_word_embeddings=False,
+    ),
+    "tiny": dict(
+        vocab_size=2000,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+    ),
 }
 PAD, EOS = 0, 2
 
@@ -60,7 +76,9 @@ class BenchConfig:
     plain_batch_size: int = field(8, help="plain script: documents per step (SFTConfig's default)")
     steps: int = field(30, help="optimizer steps per run")
     warmup_steps: int = field(5, help="steps left out of the measurement")
-    activation_checkpointing: bool = field(False, help="indictune run: recompute activations (the plain run keeps TRL's default, on)")
+    activation_checkpointing: bool = field(
+        False, help="indictune run: recompute activations (the plain run keeps TRL's default, on)"
+    )
     check: bool = field(False, help="exit 1 unless indictune reaches 10,000 tokens/s per GPU and 1.5x the plain script")
     output: str = field("runs/bench/train.json", help="where the figures are written as JSON")
     seed: int = 0
@@ -114,15 +132,25 @@ def build_model(config: BenchConfig, dtype):
 
 
 def lora(config: BenchConfig) -> LoraConfig:
-    return LoraConfig(r=config.lora_r, lora_alpha=2 * config.lora_r, lora_dropout=0.0, target_modules="all-linear",
-                      task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=2 * config.lora_r,
+        lora_dropout=0.0,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
 
 
 def word_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     """A stand-in tokenizer for the pre-tokenized documents: ids only, pad 0, eos 2."""
     vocab = {f"t{i}": i for i in range(vocab_size)}
-    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t1")),
-                                   pad_token="t0", bos_token="t1", eos_token="t2", unk_token="t1")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t1")),
+        pad_token="t0",
+        bos_token="t1",
+        eos_token="t2",
+        unk_token="t1",
+    )
 
 
 def run(name: str, config: BenchConfig, make_trainer) -> dict:
@@ -142,8 +170,10 @@ def run(name: str, config: BenchConfig, make_trainer) -> dict:
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
         "final_loss": next(h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h),
     }
-    print(f"{name:<22} {result['tokens_per_second_per_gpu']:>10,.0f} tokens/s/GPU  MFU {result['mfu']}  "
-          f"peak memory {result['peak_memory_gib']} GiB")
+    print(
+        f"{name:<22} {result['tokens_per_second_per_gpu']:>10,.0f} tokens/s/GPU  MFU {result['mfu']}  "
+        f"peak memory {result['peak_memory_gib']} GiB"
+    )
     del trainer, model
     return result
 
@@ -154,19 +184,36 @@ def main() -> None:
     dtype = torch.bfloat16 if gpu else torch.float32
     vocab_size = ARCHITECTURES[config.model]["vocab_size"]
     docs = documents(config, vocab_size)
-    common = dict(output_dir="runs/bench/trainer", max_steps=config.steps, learning_rate=1e-4, logging_steps=1,
-                  save_strategy="no", report_to="none", bf16=gpu, disable_tqdm=True, seed=config.seed,
-                  dataloader_pin_memory=gpu, max_length=config.max_length)
+    common = dict(
+        output_dir="runs/bench/trainer",
+        max_steps=config.steps,
+        learning_rate=1e-4,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        bf16=gpu,
+        disable_tqdm=True,
+        seed=config.seed,
+        dataloader_pin_memory=gpu,
+        max_length=config.max_length,
+    )
 
     def indictune():
         model = get_peft_model(build_model(config, dtype), lora(config))
-        args = SFTConfig(per_device_train_batch_size=config.batch_size, packing=True, packing_strategy="bfd_split",
-                         activation_checkpointing=config.activation_checkpointing, remove_unused_columns=False,
-                         **common)
+        args = SFTConfig(
+            per_device_train_batch_size=config.batch_size,
+            packing=True,
+            packing_strategy="bfd_split",
+            activation_checkpointing=config.activation_checkpointing,
+            remove_unused_columns=False,
+            **common,
+        )
         if args.activation_checkpointing:
             model.enable_input_require_grads()
         trainer = measured(PretrainingTrainer)(
-            model=model, args=args, train_dataset=pack_dataset(docs, config.max_length, strategy="bfd_split"),
+            model=model,
+            args=args,
+            train_dataset=pack_dataset(docs, config.max_length, strategy="bfd_split"),
             data_collator=PackedCollator(PAD, flatten=model.config._attn_implementation.startswith("flash")),
         )
         trainer.configure(None, None)
@@ -175,28 +222,45 @@ def main() -> None:
     def plain():
         model = build_model(config, dtype)
         args = SFTConfig(per_device_train_batch_size=config.plain_batch_size, **common)
-        trainer = measured(SFTTrainer)(model=model, args=args, train_dataset=docs, peft_config=lora(config),
-                                       processing_class=word_tokenizer(vocab_size))
+        trainer = measured(SFTTrainer)(
+            model=model,
+            args=args,
+            train_dataset=docs,
+            peft_config=lora(config),
+            processing_class=word_tokenizer(vocab_size),
+        )
         return trainer, trainer.model
 
     device = torch.cuda.get_device_name() if gpu else "CPU"
-    print(f"{config.model}, {device}, seq {config.max_length}, LoRA r={config.lora_r} all-linear, "
-          f"{config.steps} steps ({config.warmup_steps} warm-up), attention {attention_implementation()}")
-    results = {"indictune": run("indictune", config, indictune), "plain TRL + PEFT": run("plain TRL + PEFT", config, plain)}
+    print(
+        f"{config.model}, {device}, seq {config.max_length}, LoRA r={config.lora_r} all-linear, "
+        f"{config.steps} steps ({config.warmup_steps} warm-up), attention {attention_implementation()}"
+    )
+    results = {
+        "indictune": run("indictune", config, indictune),
+        "plain TRL + PEFT": run("plain TRL + PEFT", config, plain),
+    }
     ratio = results["indictune"]["tokens_per_second_per_gpu"] / results["plain TRL + PEFT"]["tokens_per_second_per_gpu"]
     print(f"indictune / plain: {ratio:.2f}x")
     goals = {}
     if config.model == "llama-3.1-8b" and gpu:  # the goals are set for this workload on an H100
-        goals = {"10,000 tokens/s per GPU": results["indictune"]["tokens_per_second_per_gpu"] >= 10_000,
-                 "1.5x plain TRL + PEFT": ratio >= 1.5}
+        goals = {
+            "10,000 tokens/s per GPU": results["indictune"]["tokens_per_second_per_gpu"] >= 10_000,
+            "1.5x plain TRL + PEFT": ratio >= 1.5,
+        }
         for goal, met in goals.items():
             print(f"goal {goal}: {'met' if met else 'missed'}")
     else:
         print("the goals (10,000 tokens/s per GPU, 1.5x plain) apply to llama-3.1-8b on a GPU; not judged here")
     out = Path(config.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"config": asdict(config), "device": device, "results": results, "ratio": round(ratio, 3),
-                               "goals": goals}, indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {"config": asdict(config), "device": device, "results": results, "ratio": round(ratio, 3), "goals": goals},
+            indent=2,
+        )
+        + "\n"
+    )
     if config.check and not (goals and all(goals.values())):
         raise SystemExit(1)
 

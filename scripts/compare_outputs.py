@@ -26,10 +26,28 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = {"core": "core", "data": "data", "training": "training", "eval": "eval"}
 CHAINS = {
-    "sample": (["{python}", "scripts/prepare_data.py", "--config", "recipes/data/sample.yaml",
-                "--output_dir", "runs/compare/sample"], "runs/compare/sample"),
-    "mix": (["{python}", "scripts/prepare_data.py", "--config", "recipes/data/multilingual-mix.yaml",
-             "--output_dir", "runs/compare/mix"], "runs/compare/mix"),
+    "sample": (
+        [
+            "{python}",
+            "scripts/prepare_data.py",
+            "--config",
+            "recipes/data/sample.yaml",
+            "--output_dir",
+            "runs/compare/sample",
+        ],
+        "runs/compare/sample",
+    ),
+    "mix": (
+        [
+            "{python}",
+            "scripts/prepare_data.py",
+            "--config",
+            "recipes/data/multilingual-mix.yaml",
+            "--output_dir",
+            "runs/compare/mix",
+        ],
+        "runs/compare/mix",
+    ),
     "demo": (["bash", "scripts/demo.sh"], "runs/demo"),
 }
 SKIPPED_NAMES = ("events.out.tfevents.", "leaderboard.sqlite", "trainer_state.json")
@@ -54,7 +72,9 @@ def run_chain(checkout: Path, command: list[str], env: dict) -> None:
     command = [part.format(python=sys.executable) for part in command]
     result = subprocess.run(command, cwd=checkout, env=env, capture_output=True, text=True)
     if result.returncode != 0:
-        raise SystemExit(f"error: {' '.join(command)} failed in {checkout}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+        raise SystemExit(
+            f"error: {' '.join(command)} failed in {checkout}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
+        )
 
 
 def _without_volatile(value):
@@ -94,16 +114,23 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="indictune-compare-")).resolve()
     before = work / "before"
     if not before.exists():
-        subprocess.run(["git", "worktree", "add", "--detach", str(before), args.before], cwd=REPO, check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(before), args.before], cwd=REPO, check=True, capture_output=True
+        )
     shared = os.environ.get("INDICTUNE_SHARED_DATA") or str(REPO.parent / "shared" / "data")
     different = []
     for chain in chains:
         command, output = CHAINS[chain]
         found = {}
         for side, checkout in (("before", before), ("after", REPO)):
-            env = {**os.environ, "PYTHONPATH": str(import_root(checkout, work)), "INDICTUNE_SHARED_DATA": shared,
-                   "INDICTUNE_CACHE": str(work / f"cache-{side}")}
+            # This interpreter's folder first, so that the demo's `python` and `accelerate` are this environment's.
+            env = {
+                **os.environ,
+                "PYTHONPATH": str(import_root(checkout, work)),
+                "INDICTUNE_SHARED_DATA": shared,
+                "INDICTUNE_CACHE": str(work / f"cache-{side}"),
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            }
             print(f"{chain}: running the {side} side in {checkout}", file=sys.stderr)
             run_chain(checkout, command, env)
             found[side] = digests(checkout / output)

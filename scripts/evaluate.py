@@ -1,8 +1,9 @@
 """Score a checkpoint and its base model on Indic tasks and record both on the leaderboard.
 
-    python scripts/evaluate.py --config recipes/eval/<suite>.yaml --model ID_OR_DIR [--adapter DIR ...] [--base ID_OR_DIR]
+python scripts/evaluate.py --config recipes/eval/<suite>.yaml --model ID_OR_DIR [--adapter DIR ...] [--base ID_OR_DIR]
 """
 
+from indictune.core.log import setup_logging
 from indictune.core.recipe import RecipeError, parse_cli
 from indictune.eval.suite import EvalConfig, EvalError, evaluate
 from indictune.eval.tasks import MissingTaskData
@@ -10,6 +11,7 @@ from indictune.eval.tasks import MissingTaskData
 
 def main() -> None:
     config = parse_cli(EvalConfig, description=__doc__)
+    setup_logging(main_process=True)  # one process: indictune's messages at INFO, the libraries' as they are
     try:
         results = evaluate(config)
     except (EvalError, RecipeError, MissingTaskData) as err:

@@ -5,7 +5,6 @@
 Without base_tokenizer it trains a new tokenizer instead (the demo's tiny base model uses one).
 """
 
-
 from indictune.core.recipe import parse_cli
 from indictune.training.tokenizer.build import TokenizerConfig, build
 

@@ -1,6 +1,6 @@
 """Render the leaderboard store as Markdown, a self-contained HTML page and PNG charts.
 
-    python scripts/leaderboard.py [--db runs/leaderboard.sqlite] [--out DIR]
+python scripts/leaderboard.py [--db runs/leaderboard.sqlite] [--out DIR]
 """
 
 from pathlib import Path

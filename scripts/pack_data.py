@@ -12,22 +12,23 @@ $INDICTUNE_CACHE); scripts/launch.slurm runs this first.
 import sys
 
 import torch
-from transformers import AutoTokenizer
 
+from indictune.core.recipe import RecipeError
 from indictune.training import config
+from indictune.training.model import load_tokenizer
 from indictune.training.packing import packed_dataset
 
 
 def main(argv: list[str] | None = None):
     # Packing trains nothing, and a CPU node cannot honour a GPU recipe's bf16; it is not part of the key.
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args, training_args, model_args = config.parse(argv + ([] if torch.cuda.is_available() else ["--bf16", "false"]))
+    argv = list(sys.argv[1:] if argv is None else argv) + ([] if torch.cuda.is_available() else ["--bf16", "false"])
+    try:
+        args, training_args, model_args = config.parse(argv)
+    except RecipeError as err:
+        raise SystemExit(f"error: {err}") from None
     if args.stage != "cpt":
         raise SystemExit("error: only cpt recipes are packed ahead; SFTTrainer tokenizes chat data in the run")
-    tokenizer = AutoTokenizer.from_pretrained(
-        args.tokenizer_name_or_path or model_args.model_name_or_path,
-        trust_remote_code=training_args.trust_remote_code,
-    )
+    tokenizer = load_tokenizer(args, model_args, training_args)
     dataset, mixture, path = packed_dataset(args, training_args, tokenizer)
     tokens = sum(m["mixed_tokens"] for m in mixture.values())
     print(f"{len(dataset)} rows of up to {training_args.max_length} tokens, {tokens} tokens, at {path}")

@@ -1,10 +1,10 @@
 """Prepare an Indic corpus: read, normalize, identify, clean, redact, filter, deduplicate; Parquet out.
 
-    python scripts/prepare_data.py --config recipes/data/sample.yaml [--output_dir DIR] [--key value ...]
+python scripts/prepare_data.py --config recipes/data/sample.yaml [--output_dir DIR] [--key value ...]
 """
 
-from indictune.data import pipeline
 from indictune.core.recipe import parse_cli
+from indictune.data import pipeline
 
 
 def main() -> None:

@@ -12,35 +12,49 @@ the same recipe, and stops before training if not; after saving, the adapter on 
 the trained weights.
 """
 
-from accelerate import PartialState
-from peft import get_peft_model
-from transformers import AutoTokenizer, set_seed
+from transformers import set_seed
 
-from indictune.training import checkpoint, config, lineage
+from indictune.core.log import get_logger, setup_logging
+from indictune.core.recipe import RecipeError
 from indictune.data.corpus import parquet_files
+from indictune.training import checkpoint, config, lineage
 from indictune.training.data import load_chat
-from indictune.training.model import fit_to_tokenizer, load_model, lora_config, require_trained_tokens
+from indictune.training.model import (
+    TrainingSetupError,
+    fit_to_tokenizer,
+    load_model,
+    load_tokenizer,
+    lora_config,
+    require_trained_tokens,
+    with_adapter,
+)
 from indictune.training.packing import collator, packed_dataset
 from indictune.training.trainer import ChatTrainer, PretrainingTrainer
 
+logger = get_logger("train")
+
 
 def main(argv: list[str] | None = None):
+    try:
+        return train(argv)
+    except (RecipeError, TrainingSetupError, checkpoint.ResumeRefused) as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+def train(argv: list[str] | None):
     args, training_args, model_args = config.parse(argv)
+    # The recipe's log_level and log_level_replica (transformers' keys) set transformers' and datasets' verbosity.
+    setup_logging(training_args.process_index == 0, library_level=training_args.get_process_log_level())
     if args.stage == "cpt":
         training_args.remove_unused_columns = False  # the collator needs seq_lengths to restart position ids
     set_seed(training_args.seed)
 
-    tokenizer = AutoTokenizer.from_pretrained(
-        args.tokenizer_name_or_path or model_args.model_name_or_path,
-        trust_remote_code=training_args.trust_remote_code,
-    )
+    tokenizer = load_tokenizer(args, model_args, training_args)
     model, base_tokenizer = load_model(args, model_args, training_args, tokenizer)
     new_token_ids = fit_to_tokenizer(model, tokenizer, base_tokenizer)
     peft_config = lora_config(model_args, args, model, tokenizer, new_token_ids)
     if peft_config is not None:
-        if training_args.activation_checkpointing:
-            model.enable_input_require_grads()  # frozen embeddings would otherwise cut the checkpointed graph
-        model = get_peft_model(model, peft_config)
+        model = with_adapter(model, peft_config, training_args)
 
     if args.stage == "cpt":
         train_dataset, mixture, cache = packed_dataset(args, training_args, tokenizer)
@@ -51,13 +65,10 @@ def main(argv: list[str] | None = None):
 
     recipe = lineage.resolved_recipe(args, training_args, model_args)
     record = lineage.record(args, training_args, model_args, tokenizer, new_token_ids, data_files, **extra)
-    try:
-        resume = checkpoint.plan_resume(training_args.output_dir, training_args.resume_from_checkpoint, recipe, record)
-    except checkpoint.ResumeRefused as err:
-        raise SystemExit(f"error: {err}") from None
+    resume = checkpoint.plan_resume(training_args.output_dir, training_args.resume_from_checkpoint, recipe, record)
     record["resumed_from"] = resume.resumed_from() if resume else None
     if resume:
-        PartialState().print(resume.announcement())
+        logger.info(resume.announcement())
 
     if args.stage == "cpt":
         trainer = PretrainingTrainer(
@@ -67,11 +78,11 @@ def main(argv: list[str] | None = None):
             data_collator=collator(tokenizer, model, training_args),
             processing_class=tokenizer,
         )
-        trainer.accelerator.print(f"training on {len(train_dataset)} packed rows from {cache}")
+        logger.info("training on %d packed rows from %s", len(train_dataset), cache)
     else:
         trainer = ChatTrainer(model=model, args=training_args, train_dataset=train_dataset, processing_class=tokenizer)
         if rejected:
-            trainer.accelerator.print(f"rejected chat records: {dict(rejected)}")
+            logger.info("rejected chat records: %s", dict(rejected))
         require_trained_tokens(trainer.model, tokenizer, trainer.train_dataset, peft_config)
     trainer.configure(args.embedding_learning_rate, args.peak_tflops_per_gpu)
     trainer.add_callback(checkpoint.RecipeInCheckpoints(record, recipe))
@@ -86,9 +97,10 @@ def main(argv: list[str] | None = None):
     if is_main:
         lineage.write(training_args.output_dir, record, recipe)
         if args.merge_adapter and peft_config is not None:
-            checkpoint.merge(training_args.output_dir, tokenizer, model.dtype, training_args.trust_remote_code,
-                             record, recipe)
-        trainer.accelerator.print(f"trained {trained_steps} steps; saved to {training_args.output_dir}")
+            checkpoint.merge(
+                training_args.output_dir, tokenizer, model.dtype, training_args.trust_remote_code, record, recipe
+            )
+        print(f"trained {trained_steps} steps; saved to {training_args.output_dir}")
     trainer.accelerator.wait_for_everyone()
     return trainer
 

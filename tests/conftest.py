@@ -68,11 +68,17 @@ def extended_tokenizer_dir(prepared_sample, base_tokenizer_dir, tmp_path_factory
     from indictune.training.tokenizer.build import TokenizerConfig, build
 
     out = tmp_path_factory.mktemp("tokenizers") / "extended"
-    build(TokenizerConfig(
-        output_dir=str(out), train_data=[str(prepared_sample[0])], languages=["hi", "mr", "bn", "ta", "te"],
-        base_tokenizer=str(base_tokenizer_dir), vocab_size=1500,
-        fertility_text="data/sample/heldout/{lang}.txt", fertility_languages=["hi", "ta", "en"],
-    ))
+    build(
+        TokenizerConfig(
+            output_dir=str(out),
+            train_data=[str(prepared_sample[0])],
+            languages=["hi", "mr", "bn", "ta", "te"],
+            base_tokenizer=str(base_tokenizer_dir),
+            vocab_size=1500,
+            fertility_text="data/sample/heldout/{lang}.txt",
+            fertility_languages=["hi", "ta", "en"],
+        )
+    )
     return out
 
 
@@ -88,14 +94,28 @@ def byte_level_tokenizer_dirs(prepared_sample, tmp_path_factory) -> tuple[Path, 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(english, trainers.BpeTrainer(
-        vocab_size=500, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False))
+    bpe.train_from_iterator(
+        english,
+        trainers.BpeTrainer(
+            vocab_size=500,
+            special_tokens=["<|endoftext|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
     out = tmp_path_factory.mktemp("tokenizers")
     PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>").save_pretrained(
-        out / "byte-level-base")
-    build(TokenizerConfig(output_dir=str(out / "byte-level-extended"), train_data=[str(prepared_sample[0])],
-                          languages=["hi", "ta"], base_tokenizer=str(out / "byte-level-base"), vocab_size=800))
+        out / "byte-level-base"
+    )
+    build(
+        TokenizerConfig(
+            output_dir=str(out / "byte-level-extended"),
+            train_data=[str(prepared_sample[0])],
+            languages=["hi", "ta"],
+            base_tokenizer=str(out / "byte-level-base"),
+            vocab_size=800,
+        )
+    )
     return out / "byte-level-base", out / "byte-level-extended"
 
 
@@ -106,8 +126,16 @@ def tiny_llama(vocab_size: int, tie: bool = False, seed: int = 0, positions: int
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=positions, tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2,
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=positions,
+        tie_word_embeddings=tie,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     return LlamaForCausalLM(config).eval()
 
@@ -143,8 +171,10 @@ def lora_adapter(base_dir, out, seed, safe_serialization=True):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
-                           LoraConfig(r=4, lora_alpha=32, target_modules="all-linear", init_lora_weights=False))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base_dir),
+        LoraConfig(r=4, lora_alpha=32, target_modules="all-linear", init_lora_weights=False),
+    )
     model.save_pretrained(out, safe_serialization=safe_serialization)
     AutoTokenizer.from_pretrained(base_dir).save_pretrained(out)
     return out
@@ -152,8 +182,16 @@ def lora_adapter(base_dir, out, seed, safe_serialization=True):
 
 def write_copa(folder, n=12):
     """IndicCOPA-shaped Hindi and Tamil items under folder/indiccopa, as a local copy of the task's data."""
-    rows = [{"premise": f"वाक्य {i} हुआ।", "choice1": f"पहला उत्तर {i}", "choice2": f"दूसरा {i}",
-             "question": "cause" if i % 2 else "effect", "label": i % 2} for i in range(n)]
+    rows = [
+        {
+            "premise": f"वाक्य {i} हुआ।",
+            "choice1": f"पहला उत्तर {i}",
+            "choice2": f"दूसरा {i}",
+            "question": "cause" if i % 2 else "effect",
+            "label": i % 2,
+        }
+        for i in range(n)
+    ]
     (folder / "indiccopa").mkdir(parents=True, exist_ok=True)
     for lang in ("hi", "ta"):
         (folder / "indiccopa" / f"{lang}.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows))

@@ -4,6 +4,7 @@ with the trained (possibly ZeRO-3 sharded) model on every rank; rank 0 saves wha
 
     accelerate launch ... tests/distributed_train.py TEXT_FILE <train.py arguments>
 """
+
 import importlib.util
 import json
 import sys
@@ -25,13 +26,16 @@ with torch.no_grad():
     logits = model(input_ids=ids).logits
 if trainer.accelerator.is_main_process:
     plugin = trainer.accelerator.state.deepspeed_plugin
-    torch.save({
-        "input_ids": ids,
-        "logits": logits,
-        "world_size": trainer.accelerator.num_processes,
-        "zero_stage": plugin.zero_stage if plugin else None,
-        "sharded": any(hasattr(p, "ds_id") for p in model.parameters()),
-        "vocab": json.loads((Path(trainer.args.output_dir) / "lineage.json").read_text())["new_token_ids"],
-        "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
-        "log_history": trainer.state.log_history,
-    }, Path(trainer.args.output_dir) / "trained.pt")
+    torch.save(
+        {
+            "input_ids": ids,
+            "logits": logits,
+            "world_size": trainer.accelerator.num_processes,
+            "zero_stage": plugin.zero_stage if plugin else None,
+            "sharded": any(hasattr(p, "ds_id") for p in model.parameters()),
+            "vocab": json.loads((Path(trainer.args.output_dir) / "lineage.json").read_text())["new_token_ids"],
+            "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
+            "log_history": trainer.state.log_history,
+        },
+        Path(trainer.args.output_dir) / "trained.pt",
+    )

@@ -14,23 +14,57 @@ REPO = Path(__file__).resolve().parent.parent
 def test_bench_train_measures_both_paths_on_a_tiny_model(tmp_path):
     out = tmp_path / "train.json"
     result = subprocess.run(
-        [sys.executable, "scripts/bench_train.py", "--model", "tiny", "--max_length", "256", "--steps", "6",
-         "--warmup_steps", "2", "--output", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "scripts/bench_train.py",
+            "--model",
+            "tiny",
+            "--max_length",
+            "256",
+            "--steps",
+            "6",
+            "--warmup_steps",
+            "2",
+            "--output",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(out.read_text())
     ours, plain = figures["results"]["indictune"], figures["results"]["plain TRL + PEFT"]
     assert ours["tokens_per_second_per_gpu"] > 0 and plain["tokens_per_second_per_gpu"] > 0
-    assert figures["ratio"] == pytest.approx(ours["tokens_per_second_per_gpu"] / plain["tokens_per_second_per_gpu"], rel=1e-2)
+    assert figures["ratio"] == pytest.approx(
+        ours["tokens_per_second_per_gpu"] / plain["tokens_per_second_per_gpu"], rel=1e-2
+    )
     assert 0 < ours["final_loss"] < 20 and 0 < plain["final_loss"] < 20
     assert figures["goals"] == {}  # judged only for Llama-3.1-8B on a GPU
     assert "indictune / plain" in result.stdout
     # --check cannot pass where the goals are not judged
     failed = subprocess.run(
-        [sys.executable, "scripts/bench_train.py", "--model", "tiny", "--max_length", "128", "--steps", "3",
-         "--warmup_steps", "1", "--output", str(tmp_path / "again.json"), "--check", "true"],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "scripts/bench_train.py",
+            "--model",
+            "tiny",
+            "--max_length",
+            "128",
+            "--steps",
+            "3",
+            "--warmup_steps",
+            "1",
+            "--output",
+            str(tmp_path / "again.json"),
+            "--check",
+            "true",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert failed.returncode == 1
 
@@ -39,9 +73,26 @@ def test_bench_train_measures_both_paths_on_a_tiny_model(tmp_path):
 def test_bench_eval_agrees_with_lm_evaluation_harness_and_is_faster(tmp_path, shared_data):
     out = tmp_path / "eval.json"
     result = subprocess.run(
-        [sys.executable, "scripts/bench_eval.py", "--task", "indicnews", "--lang", "hi", "--limit", "24",
-         "--batch_size", "8", "--output", str(out), "--check", "true"],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "scripts/bench_eval.py",
+            "--task",
+            "indicnews",
+            "--lang",
+            "hi",
+            "--limit",
+            "24",
+            "--batch_size",
+            "8",
+            "--output",
+            str(out),
+            "--check",
+            "true",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     figures = json.loads(out.read_text())

@@ -30,22 +30,98 @@ def test_the_whole_chain_on_the_sample(tmp_path):
     python, launch = sys.executable, [str(BIN / "accelerate"), "launch", "--config_file", "recipes/accelerate/cpu.yaml"]
 
     run(python, "scripts/prepare_data.py", "--config", "recipes/data/sample.yaml", "--output_dir", str(data))
-    run(python, "scripts/extend_tokenizer.py", "--config", "recipes/tokenizer/demo-base.yaml",
-        "--output_dir", str(tok_base), "--train_data", str(data))
-    run(*launch, "scripts/train.py", "--config", "recipes/train/demo/base-pretrain.yaml",
-        "--tokenizer_name_or_path", str(tok_base), "--train_data", str(data), "--output_dir", str(base),
-        "--num_train_epochs", "8", "--report_to", "none", "--disable_tqdm", "true")
-    run(python, "scripts/extend_tokenizer.py", "--config", "recipes/tokenizer/demo-extend.yaml",
-        "--output_dir", str(tok), "--base_tokenizer", str(tok_base), "--train_data", str(data))
-    run(*launch, "scripts/train.py", "--config", "recipes/train/demo/cpt-lora.yaml",
-        "--model_name_or_path", str(base), "--tokenizer_name_or_path", str(tok), "--train_data", str(data),
-        "--output_dir", str(adapter), "--num_train_epochs", "4", "--report_to", "none", "--disable_tqdm", "true")
-    run(*launch, "scripts/train.py", "--config", "recipes/train/demo/sft-lora.yaml",
-        "--model_name_or_path", str(adapter / "merged"), "--output_dir", str(tmp_path / "sft-lora"),
-        "--num_train_epochs", "1", "--report_to", "none", "--disable_tqdm", "true")
-    run(python, "scripts/evaluate.py", "--config", "recipes/eval/demo.yaml", "--model", str(base),
-        "--adapter", str(adapter), "--output_dir", str(tmp_path / "eval"), "--db", str(tmp_path / "lb.sqlite"),
-        "--bootstrap_samples", "200")
+    run(
+        python,
+        "scripts/extend_tokenizer.py",
+        "--config",
+        "recipes/tokenizer/demo-base.yaml",
+        "--output_dir",
+        str(tok_base),
+        "--train_data",
+        str(data),
+    )
+    run(
+        *launch,
+        "scripts/train.py",
+        "--config",
+        "recipes/train/demo/base-pretrain.yaml",
+        "--tokenizer_name_or_path",
+        str(tok_base),
+        "--train_data",
+        str(data),
+        "--output_dir",
+        str(base),
+        "--num_train_epochs",
+        "8",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+    )
+    run(
+        python,
+        "scripts/extend_tokenizer.py",
+        "--config",
+        "recipes/tokenizer/demo-extend.yaml",
+        "--output_dir",
+        str(tok),
+        "--base_tokenizer",
+        str(tok_base),
+        "--train_data",
+        str(data),
+    )
+    run(
+        *launch,
+        "scripts/train.py",
+        "--config",
+        "recipes/train/demo/cpt-lora.yaml",
+        "--model_name_or_path",
+        str(base),
+        "--tokenizer_name_or_path",
+        str(tok),
+        "--train_data",
+        str(data),
+        "--output_dir",
+        str(adapter),
+        "--num_train_epochs",
+        "4",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+    )
+    run(
+        *launch,
+        "scripts/train.py",
+        "--config",
+        "recipes/train/demo/sft-lora.yaml",
+        "--model_name_or_path",
+        str(adapter / "merged"),
+        "--output_dir",
+        str(tmp_path / "sft-lora"),
+        "--num_train_epochs",
+        "1",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+    )
+    run(
+        python,
+        "scripts/evaluate.py",
+        "--config",
+        "recipes/eval/demo.yaml",
+        "--model",
+        str(base),
+        "--adapter",
+        str(adapter),
+        "--output_dir",
+        str(tmp_path / "eval"),
+        "--db",
+        str(tmp_path / "lb.sqlite"),
+        "--bootstrap_samples",
+        "200",
+    )
     printed = run(python, "scripts/leaderboard.py", "--db", str(tmp_path / "lb.sqlite"), "--out", str(board))
 
     runs = json.loads((tmp_path / "eval" / "results.json").read_text())["runs"]

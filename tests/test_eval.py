@@ -1,6 +1,5 @@
 """Evaluation: chunking, log-likelihood scoring, metrics and intervals, the store and the leaderboard."""
 
-import json
 import math
 import multiprocessing
 from pathlib import Path
@@ -8,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import lora_adapter, tiny_llama, write_copa
 from transformers import AutoTokenizer
 
 from indictune.core.recipe import RecipeError
@@ -16,8 +16,6 @@ from indictune.eval.metrics import LN2, bits_per_unit, paired_bootstrap_delta
 from indictune.eval.scoring import text_nll
 from indictune.eval.suite import EvalConfig, evaluate
 from indictune.eval.tasks import chunks, load_task
-
-from conftest import lora_adapter, tiny_llama, write_copa
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -81,10 +79,21 @@ def test_bits_and_the_paired_bootstrap():
 def _write_runs(args):
     db, worker = args
     for i in range(10):
-        store.add_run(db, {"created": "now", "label": f"m{worker}-{i}", "model": "m", "adapter": None,
-                           "base_label": None, "suite": "s", "tokenizer_sha256": None, "code_commit": None,
-                           "lineage": None},
-                      [{"task": "t", "lang": "hi", "metric": "bits_per_character", "value": 1.0, "n": 3}])
+        store.add_run(
+            db,
+            {
+                "created": "now",
+                "label": f"m{worker}-{i}",
+                "model": "m",
+                "adapter": None,
+                "base_label": None,
+                "suite": "s",
+                "tokenizer_sha256": None,
+                "code_commit": None,
+                "lineage": None,
+            },
+            [{"task": "t", "lang": "hi", "metric": "bits_per_character", "value": 1.0, "n": 3}],
+        )
 
 
 def test_the_store_takes_concurrent_writers(tmp_path):
@@ -96,9 +105,15 @@ def test_the_store_takes_concurrent_writers(tmp_path):
 
 
 def test_evaluate_against_a_base_and_render_the_leaderboard(tmp_path, tiny_base_dir):
-    config = EvalConfig(tasks=["sample-heldout"], languages=["hi", "en"], model=str(tiny_base_dir),
-                        base=str(tiny_base_dir), output_dir=str(tmp_path / "eval"), db=str(tmp_path / "lb.sqlite"),
-                        bootstrap_samples=200)
+    config = EvalConfig(
+        tasks=["sample-heldout"],
+        languages=["hi", "en"],
+        model=str(tiny_base_dir),
+        base=str(tiny_base_dir),
+        output_dir=str(tmp_path / "eval"),
+        db=str(tmp_path / "lb.sqlite"),
+        bootstrap_samples=200,
+    )
     results = evaluate(config)
     base_run, candidate = results["runs"]
     assert base_run["base_label"] is None and candidate["base_label"] == str(tiny_base_dir)
@@ -130,6 +145,7 @@ def test_english_regression_is_flagged_only_beyond_the_interval():
 
 # ---- multiple choice, generation, adapters and the result cache ------------------------------------------
 
+
 def test_choices_scored_on_a_shared_context_equal_whole_sequences(long_base_dir):
     from transformers import AutoModelForCausalLM
 
@@ -137,9 +153,11 @@ def test_choices_scored_on_a_shared_context_equal_whole_sequences(long_base_dir)
 
     tokenizer = AutoTokenizer.from_pretrained(long_base_dir)
     model = AutoModelForCausalLM.from_pretrained(long_base_dir).eval()
-    questions = [("राम घर गया क्योंकि ", ["वह थक गया था।", "बारिश"]),
-                 ("Question: who?\nAnswer:", [" a", " the long answer here", " b c"]),
-                 ("बहुत लंबा संदर्भ " * 20, [" हाँ", " नहीं बिलकुल नहीं"])]
+    questions = [
+        ("राम घर गया क्योंकि ", ["वह थक गया था।", "बारिश"]),
+        ("Question: who?\nAnswer:", [" a", " the long answer here", " b c"]),
+        ("बहुत लंबा संदर्भ " * 20, [" हाँ", " नहीं बिलकुल नहीं"]),
+    ]
     shared = choice_loglikelihoods(model, tokenizer, questions, batch_size=2)
     whole = choice_loglikelihoods(model, tokenizer, questions, batch_size=3, share_context=False)
     for context, continuations in questions[:1]:
@@ -162,27 +180,46 @@ def test_adapters_swap_on_one_base_and_match_single_runs(tmp_path, long_base_dir
     first, second = lora_adapter(long_base_dir, tmp_path / "a1", 1), lora_adapter(long_base_dir, tmp_path / "a2", 2)
     loads = []
     original = AutoModelForCausalLM.from_pretrained
-    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **k: loads.append(a[0]) or original(*a, **k))
+    monkeypatch.setattr(
+        AutoModelForCausalLM, "from_pretrained", lambda *a, **k: loads.append(a[0]) or original(*a, **k)
+    )
 
     def run(adapters, name):
-        return evaluate(EvalConfig(tasks=["sample-heldout", {"task": "indiccopa", "shots": 1}], languages=["hi", "ta"],
-                                   model=str(long_base_dir), adapter=[str(a) for a in adapters], use_cache=False,
-                                   output_dir=str(tmp_path / name), db=str(tmp_path / "lb.sqlite"), bootstrap_samples=100))
+        return evaluate(
+            EvalConfig(
+                tasks=["sample-heldout", {"task": "indiccopa", "shots": 1}],
+                languages=["hi", "ta"],
+                model=str(long_base_dir),
+                adapter=[str(a) for a in adapters],
+                use_cache=False,
+                output_dir=str(tmp_path / name),
+                db=str(tmp_path / "lb.sqlite"),
+                bootstrap_samples=100,
+            )
+        )
 
     both = run([first, second], "both")
     assert loads == [str(long_base_dir)]  # the base once, both adapters on it
     base_run, with_first, with_second = both["runs"]
-    assert with_first["base_label"] == base_run["label"] and with_first["adapter_sha256"] != with_second["adapter_sha256"]
+    assert (
+        with_first["base_label"] == base_run["label"] and with_first["adapter_sha256"] != with_second["adapter_sha256"]
+    )
     alone = run([second], "alone")["runs"]
     for solo, together in ((alone[0], base_run), (alone[1], with_second)):
-        assert [(s["task"], s["lang"], s["metric"]) for s in solo["scores"]] == \
-               [(s["task"], s["lang"], s["metric"]) for s in together["scores"]]
+        assert [(s["task"], s["lang"], s["metric"]) for s in solo["scores"]] == [
+            (s["task"], s["lang"], s["metric"]) for s in together["scores"]
+        ]
         for a, b in zip(solo["scores"], together["scores"]):
             assert a["value"] == pytest.approx(b["value"], abs=1e-6)
-    bpc = lambda run: [s["value"] for s in run["scores"] if s["metric"] == "bits_per_character"]
+
+    def bpc(run):
+        return [s["value"] for s in run["scores"] if s["metric"] == "bits_per_character"]
+
     assert bpc(with_first) != bpc(base_run)  # the adapter is really applied
     accuracy = [s for s in with_first["scores"] if s["metric"] == "accuracy"]
-    assert accuracy and all(0 <= s["p_value"] <= 1 and s["delta_low"] <= s["delta"] <= s["delta_high"] for s in accuracy)
+    assert accuracy and all(
+        0 <= s["p_value"] <= 1 and s["delta_low"] <= s["delta"] <= s["delta_high"] for s in accuracy
+    )
     assert (tmp_path / "both" / "samples").is_dir()
 
 
@@ -193,8 +230,13 @@ def test_cached_results_are_reused_until_the_weights_change(tmp_path, long_base_
 
     model_dir = tmp_path / "checkpoint"
     shutil.copytree(long_base_dir, model_dir)
-    config = EvalConfig(tasks=["sample-heldout"], languages=["hi"], model=str(model_dir),
-                        output_dir=str(tmp_path / "eval"), db=str(tmp_path / "lb.sqlite"))
+    config = EvalConfig(
+        tasks=["sample-heldout"],
+        languages=["hi"],
+        model=str(model_dir),
+        output_dir=str(tmp_path / "eval"),
+        db=str(tmp_path / "lb.sqlite"),
+    )
     first = evaluate(config)["runs"][0]
     scored = []
     original = suite.score_task
@@ -211,9 +253,15 @@ def test_cached_results_are_reused_until_the_weights_change(tmp_path, long_base_
 
 def test_offline_suite_skips_what_is_missing_and_the_page_lists_the_runs(tmp_path, long_base_dir, monkeypatch):
     monkeypatch.setenv("INDICTUNE_EVAL_DATA", str(tmp_path / "empty"))
-    config = EvalConfig(tasks=["sample-heldout", "indiccopa"], languages=["hi", "en"], model=str(long_base_dir),
-                        base=str(long_base_dir), output_dir=str(tmp_path / "eval"), db=str(tmp_path / "lb.sqlite"),
-                        bootstrap_samples=100)
+    config = EvalConfig(
+        tasks=["sample-heldout", "indiccopa"],
+        languages=["hi", "en"],
+        model=str(long_base_dir),
+        base=str(long_base_dir),
+        output_dir=str(tmp_path / "eval"),
+        db=str(tmp_path / "lb.sqlite"),
+        bootstrap_samples=100,
+    )
     with pytest.raises(Exception, match=r"task indiccopa \(hi\): no local copy"):
         evaluate(config)
     config.missing_data = "skip"
@@ -239,10 +287,12 @@ def test_cached_results_are_not_reused_when_the_task_data_changes(tmp_path, long
     text = tmp_path / "hi.txt"
     text.write_text("पहला अनुच्छेद यहाँ है।\nदूसरा अनुच्छेद।\n")
     task = tmp_path / "local-text.yaml"
-    task.write_text(f"name: local-text\ndescription: a local file\ndata: {{path: '{tmp_path}/{{lang}}.txt'}}\n"
-                    "languages: [hi]\n")
-    config = EvalConfig(tasks=[str(task)], model=str(long_base_dir), output_dir=str(tmp_path / "eval"),
-                        db=str(tmp_path / "lb.sqlite"))
+    task.write_text(
+        f"name: local-text\ndescription: a local file\ndata: {{path: '{tmp_path}/{{lang}}.txt'}}\nlanguages: [hi]\n"
+    )
+    config = EvalConfig(
+        tasks=[str(task)], model=str(long_base_dir), output_dir=str(tmp_path / "eval"), db=str(tmp_path / "lb.sqlite")
+    )
     first = evaluate(config)["runs"][0]["scores"]
     scored = []
     original = suite.score_task

@@ -12,25 +12,48 @@ import pytest
 from sacrebleu.metrics import CHRF
 
 from indictune.core.recipe import build
-from indictune.eval.metrics import (chrf_from_statistics, chrf_statistics, choice_correct, exact_match, mcnemar_p, mean_delta,
-                          normalize_answer, paired_bootstrap_delta, token_f1)
+from indictune.eval.metrics import (
+    choice_correct,
+    chrf_from_statistics,
+    chrf_statistics,
+    exact_match,
+    mcnemar_p,
+    mean_delta,
+    normalize_answer,
+    paired_bootstrap_delta,
+    token_f1,
+)
 from indictune.eval.tasks import MissingTaskData, Task, load_task
 
 COPA = [
     {"premise": "लड़का गिर गया।", "choice1": "वह फिसल गया।", "choice2": "वह हँसा।", "question": "cause", "label": 0},
     {"premise": "बारिश हुई।", "choice1": "सड़क गीली हो गई।", "choice2": "सूरज निकला।", "question": "effect", "label": 0},
-    {"premise": "दरवाज़ा खुला।", "choice1": "किसी ने धक्का दिया।", "choice2": "चाय ठंडी थी।", "question": "cause", "label": 1},
+    {
+        "premise": "दरवाज़ा खुला।",
+        "choice1": "किसी ने धक्का दिया।",
+        "choice2": "चाय ठंडी थी।",
+        "question": "cause",
+        "label": 1,
+    },
 ]
 
 
 def copa_task(path, fmt="auto") -> Task:
-    return build(Task, {
-        "name": "copa-fixture", "type": "multiple_choice", "metric": "accuracy", "languages": ["hi"],
-        "data": {"path": str(path), "format": fmt, "schema": "premise, choice1, choice2, question, label"},
-        "prompt": "{{ premise | trim | trim('।') }} {{ lit[question] }}",
-        "choices": ["{{ choice1 }}", "{{ choice2 }}"], "target": "{{ label }}",
-        "literals": {"hi": {"cause": "क्योंकि", "effect": "इसलिए"}},
-    }, "test")
+    return build(
+        Task,
+        {
+            "name": "copa-fixture",
+            "type": "multiple_choice",
+            "metric": "accuracy",
+            "languages": ["hi"],
+            "data": {"path": str(path), "format": fmt, "schema": "premise, choice1, choice2, question, label"},
+            "prompt": "{{ premise | trim | trim('।') }} {{ lit[question] }}",
+            "choices": ["{{ choice1 }}", "{{ choice2 }}"],
+            "target": "{{ label }}",
+            "literals": {"hi": {"cause": "क्योंकि", "effect": "इसलिए"}},
+        },
+        "test",
+    )
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "json", "parquet", "csv", "tsv"])
@@ -62,10 +85,21 @@ def test_bad_rows_are_counted_with_their_reason(tmp_path):
     assert rejected == {"bad_json": 1, "not_an_object": 1, "target_out_of_range": 1, "missing_field": 1}
 
     csv_path = tmp_path / "news.csv"
-    csv_path.write_text("Text,Label\nएक खबर,Sports\nText,Label\n\"दो, खबर\",Auto\nतीन,Auto,extra\n")
-    news = build(Task, {"name": "news", "type": "multiple_choice", "metric": "accuracy", "languages": ["hi"],
-                        "data": {"path": str(csv_path), "columns": {"Text": "text", "Label": "labels"}},
-                        "prompt": "{{ text }}", "choices_from": "labels", "target": "{{ labels }}"}, "test")
+    csv_path.write_text('Text,Label\nएक खबर,Sports\nText,Label\n"दो, खबर",Auto\nतीन,Auto,extra\n')
+    news = build(
+        Task,
+        {
+            "name": "news",
+            "type": "multiple_choice",
+            "metric": "accuracy",
+            "languages": ["hi"],
+            "data": {"path": str(csv_path), "columns": {"Text": "text", "Label": "labels"}},
+            "prompt": "{{ text }}",
+            "choices_from": "labels",
+            "target": "{{ labels }}",
+        },
+        "test",
+    )
     items, rejected = news.items("hi")
     assert rejected == {"repeated_header": 1, "wrong_column_count": 1}
     assert [i["choices"] for i in items] == [["Auto", "Sports"]] * 2 and [i["gold"] for i in items] == [1, 0]
@@ -96,22 +130,59 @@ def test_shots_are_other_items_fixed_by_the_seed(tmp_path):
 
 
 def test_squad_and_parallel_formats(tmp_path):
-    squad = {"data": [{"title": "t", "paragraphs": [{"context": "राम दिल्ली में रहता है।", "qas": [
-        {"id": "q1", "question": "राम कहाँ रहता है?", "answers": [{"text": "दिल्ली", "answer_start": 4}]},
-        {"id": "q2", "question": "कौन?", "answers": []}]}]}]}
+    squad = {
+        "data": [
+            {
+                "title": "t",
+                "paragraphs": [
+                    {
+                        "context": "राम दिल्ली में रहता है।",
+                        "qas": [
+                            {
+                                "id": "q1",
+                                "question": "राम कहाँ रहता है?",
+                                "answers": [{"text": "दिल्ली", "answer_start": 4}],
+                            },
+                            {"id": "q2", "question": "कौन?", "answers": []},
+                        ],
+                    }
+                ],
+            }
+        ]
+    }
     (tmp_path / "qa.hi.json").write_text(json.dumps(squad, ensure_ascii=False))
-    qa = build(Task, {"name": "qa", "type": "generation", "metric": "squad", "languages": ["hi"],
-                      "data": {"path": str(tmp_path / "qa.{lang}.json"), "format": "squad"},
-                      "prompt": "{{ context }}\nQuestion: {{ question }}\nAnswer:", "references": "answers"}, "test")
+    qa = build(
+        Task,
+        {
+            "name": "qa",
+            "type": "generation",
+            "metric": "squad",
+            "languages": ["hi"],
+            "data": {"path": str(tmp_path / "qa.{lang}.json"), "format": "squad"},
+            "prompt": "{{ context }}\nQuestion: {{ question }}\nAnswer:",
+            "references": "answers",
+        },
+        "test",
+    )
     items, rejected = qa.items("hi")
     assert [i["references"] for i in items] == [["दिल्ली"]] and rejected == {"no_reference": 1}
 
     (tmp_path / "eng_Latn.dev").write_text("Hello.\nGood night.\n")
     (tmp_path / "hin_Deva.dev").write_text("नमस्ते।\nशुभ रात्रि।\n")
-    mt = build(Task, {"name": "mt", "type": "generation", "metric": "chrf", "languages": ["hi"], "direction": "to_english",
-                      "data": {"path": str(tmp_path / "{flores}.dev"), "format": "parallel"},
-                      "prompt": "{{ source_language }}: {{ source }}\n{{ target_language }}:", "target": "{{ target }}"},
-               "test")
+    mt = build(
+        Task,
+        {
+            "name": "mt",
+            "type": "generation",
+            "metric": "chrf",
+            "languages": ["hi"],
+            "direction": "to_english",
+            "data": {"path": str(tmp_path / "{flores}.dev"), "format": "parallel"},
+            "prompt": "{{ source_language }}: {{ source }}\n{{ target_language }}:",
+            "target": "{{ target }}",
+        },
+        "test",
+    )
     items, _ = mt.items("hi")
     assert items[1] == {"id": "1", "context": "Hindi: शुभ रात्रि।\nEnglish:", "references": ["Good night."]}
 
@@ -119,19 +190,44 @@ def test_squad_and_parallel_formats(tmp_path):
 def test_missing_data_offline_names_the_task_and_the_path(tmp_path, monkeypatch):
     monkeypatch.setenv("INDICTUNE_EVAL_DATA", str(tmp_path / "nowhere"))
     task = load_task("indiccopa")
-    with pytest.raises(MissingTaskData, match=r"task indiccopa \(ta\): no local copy at .*nowhere/indiccopa/ta.jsonl; "
-                                              r"online it loads ai4bharat/IndicCOPA.*indiccopa.yaml"):
+    with pytest.raises(
+        MissingTaskData,
+        match=r"task indiccopa \(ta\): no local copy at .*nowhere/indiccopa/ta.jsonl; "
+        r"online it loads ai4bharat/IndicCOPA.*indiccopa.yaml",
+    ):
         task.items("ta")
 
 
 def test_every_shipped_task_parses_and_its_templates_render():
     from indictune.eval.tasks import TASKS_DIR
 
-    fields = {"premise": "p", "choice1": "a", "choice2": "b", "question": "cause", "label": 1, "review": "r",
-              "hypothesis": "h", "context": "c", "option1": "1", "option2": "2", "option3": "3", "option4": "4",
-              "target": "option4", "flores_passage": "f", "mc_answer1": "1", "mc_answer2": "2", "mc_answer3": "3",
-              "mc_answer4": "4", "correct_answer_num": "2", "text": "t", "labels": "x", "source": "s",
-              "source_language": "English", "target_language": "Hindi", "answers": {"text": ["x"], "answer_start": [0]}}
+    fields = {
+        "premise": "p",
+        "choice1": "a",
+        "choice2": "b",
+        "question": "cause",
+        "label": 1,
+        "review": "r",
+        "hypothesis": "h",
+        "context": "c",
+        "option1": "1",
+        "option2": "2",
+        "option3": "3",
+        "option4": "4",
+        "target": "option4",
+        "flores_passage": "f",
+        "mc_answer1": "1",
+        "mc_answer2": "2",
+        "mc_answer3": "3",
+        "mc_answer4": "4",
+        "correct_answer_num": "2",
+        "text": "t",
+        "labels": "x",
+        "source": "s",
+        "source_language": "English",
+        "target_language": "Hindi",
+        "answers": {"text": ["x"], "answer_start": [0]},
+    }
     for path in sorted(TASKS_DIR.glob("*.yaml")):
         task = load_task(str(path))
         assert task.name == path.stem and task.description and task.languages

@@ -25,13 +25,32 @@ def test_launch_slurm_packs_once_and_starts_each_node_with_its_rank(
     executable(bin_dir / "srun", 'while [ "$1" != bash ]; do shift; done; SLURM_NODEID=1 "$@"\n')
     executable(bin_dir / "accelerate", f'printf "%s\\n" "$@" > {tmp_path}/accelerate-args\n')
     executable(bin_dir / "python", f'exec {sys.executable} "$@"\n')
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_NNODES": "2",
-           "SLURM_JOB_NODELIST": "gpu-node-[a-b]", "INDICTUNE_CACHE": str(tmp_path / "cache")}
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SLURM_NNODES": "2",
+        "SLURM_JOB_NODELIST": "gpu-node-[a-b]",
+        "INDICTUNE_CACHE": str(tmp_path / "cache"),
+    }
     result = subprocess.run(
-        ["bash", "scripts/launch.slurm", "recipes/train/demo/cpt-lora.yaml",
-         "--model_name_or_path", str(tiny_base_dir), "--tokenizer_name_or_path", str(extended_tokenizer_dir),
-         "--train_data", str(prepared_sample[0]), "--learning_rate", "1e-4"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        [
+            "bash",
+            "scripts/launch.slurm",
+            "recipes/train/demo/cpt-lora.yaml",
+            "--model_name_or_path",
+            str(tiny_base_dir),
+            "--tokenizer_name_or_path",
+            str(extended_tokenizer_dir),
+            "--train_data",
+            str(prepared_sample[0]),
+            "--learning_rate",
+            "1e-4",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(list((tmp_path / "cache" / "packed").iterdir())) == 1  # packed before the launch
@@ -40,6 +59,8 @@ def test_launch_slurm_packs_once_and_starts_each_node_with_its_rank(
     flags = dict(zip(args[1:-1:2], args[2::2]))
     assert flags["--num_machines"] == "2" and flags["--num_processes"] == "16" and flags["--machine_rank"] == "1"
     assert flags["--main_process_ip"] == "gpu-node-a" and flags["--config_file"] == "recipes/accelerate/multi-node.yaml"
-    assert args[args.index("scripts/train.py") + 1:args.index("scripts/train.py") + 3] == [
-        "--config", "recipes/train/demo/cpt-lora.yaml"]
+    assert args[args.index("scripts/train.py") + 1 : args.index("scripts/train.py") + 3] == [
+        "--config",
+        "recipes/train/demo/cpt-lora.yaml",
+    ]
     assert args[-3:-1] == ["--learning_rate", "1e-4"]

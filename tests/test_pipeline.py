@@ -3,6 +3,7 @@
 import hashlib
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -11,6 +12,7 @@ import pytest
 from indictune.core import recipe
 from indictune.data import pipeline
 from indictune.data.readers import Source
+from indictune.data.stages.dedup import Dedup, RepeatedLines
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -42,12 +44,15 @@ def test_every_reject_has_a_stage_and_reason(prepared_sample, planted):
         assert row.reason == plant.get("reason", row.reason) and row.reason.startswith(plant.get("reason_prefix", ""))
     for dup in planted["exact_duplicates"]:
         assert (rejected.loc[dup["id"]].reason, rejected.loc[dup["id"]].duplicate_of) == (
-            "exact_duplicate", dup["duplicate_of"])
+            "exact_duplicate",
+            dup["duplicate_of"],
+        )
     for dup in planted["near_duplicates"]:
         assert (rejected.loc[dup["id"]].reason, rejected.loc[dup["id"]].duplicate_of) == ("near_duplicate", dup["near"])
     # Only the planted rejects are rejected: the sample's real documents all pass.
     planted_ids = {p["id"] for p in planted["rejected"]} | {
-        d["id"] for d in planted["exact_duplicates"] + planted["near_duplicates"]}
+        d["id"] for d in planted["exact_duplicates"] + planted["near_duplicates"]
+    }
     assert set(rejected.index) == planted_ids
 
 
@@ -58,7 +63,13 @@ def test_languages_are_identified(prepared_sample, planted):
     assert set(kept.lang) == {"hi", "mr", "bn", "ta", "te", "en"}
     by_lang = kept.groupby("lang").script.unique()
     assert {lang: list(s) for lang, s in by_lang.items()} == {
-        "bn": ["Beng"], "en": ["Latn"], "hi": ["Deva"], "mr": ["Deva"], "ta": ["Taml"], "te": ["Telu"]}
+        "bn": ["Beng"],
+        "en": ["Latn"],
+        "hi": ["Deva"],
+        "mr": ["Deva"],
+        "ta": ["Taml"],
+        "te": ["Telu"],
+    }
 
 
 def test_identifiers_are_replaced_and_counted(prepared_sample, planted):
@@ -107,16 +118,32 @@ def test_output_is_arrow_with_a_fixed_schema(prepared_sample):
 
     out = prepared_sample[0]
     corpus = datasets.load_dataset("parquet", data_files=str(out / "data" / "*.parquet"), split="train")
-    assert {"id", "text", "lang", "script", "source", "kind", "meta", "script_fraction", "n_words", "text_hash",
-            "pii_aadhaar", "ocr_lines_removed", "asr_loop_words_removed"} <= set(corpus.column_names)
+    assert {
+        "id",
+        "text",
+        "lang",
+        "script",
+        "source",
+        "kind",
+        "meta",
+        "script_fraction",
+        "n_words",
+        "text_hash",
+        "pii_aadhaar",
+        "ocr_lines_removed",
+        "asr_loop_words_removed",
+    } <= set(corpus.column_names)
     assert json.loads(corpus[0]["meta"])["where"] == "line 1"
     rejected = pq.read_schema(next((out / "rejected").glob("*.parquet")))
     assert {"stage", "reason"} <= set(rejected.names)
 
 
 def digest(directory: Path) -> dict[str, str]:
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file() and p.suffix in (".parquet", ".json", ".md")}
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.suffix in (".parquet", ".json", ".md")
+    }
 
 
 def test_rerun_gives_the_same_files_and_a_crash_keeps_the_last_result(tmp_path, monkeypatch):
@@ -140,16 +167,20 @@ def test_rerun_gives_the_same_files_and_a_crash_keeps_the_last_result(tmp_path, 
 
 
 def test_bad_stage_settings_and_missing_sources_fail_clearly(tmp_path):
-    config = pipeline.PrepareConfig(sources=[Source(path=str(tmp_path / "none.jsonl"), format="jsonl")],
-                                    output_dir=str(tmp_path / "o"))
+    config = pipeline.PrepareConfig(
+        sources=[Source(path=str(tmp_path / "none.jsonl"), format="jsonl")], output_dir=str(tmp_path / "o")
+    )
     with pytest.raises(FileNotFoundError, match="none.jsonl"):
         pipeline.run(config)
     assert not (tmp_path / "o").exists()
 
 
 def test_shards_roll_over(tmp_path):
-    config = recipe.load(pipeline.PrepareConfig, REPO / "recipes/data/sample.yaml",
-                         [f"--output_dir={tmp_path / 'o'}", "--shard_records", "20"])
+    config = recipe.load(
+        pipeline.PrepareConfig,
+        REPO / "recipes/data/sample.yaml",
+        [f"--output_dir={tmp_path / 'o'}", "--shard_records", "20"],
+    )
     report = pipeline.run(config)
     shards = sorted((tmp_path / "o" / "data").glob("*.parquet"))
     assert len(shards) == -(-report["totals"]["kept"] // 20)
@@ -157,10 +188,41 @@ def test_shards_roll_over(tmp_path):
 
 
 def test_output_is_the_same_for_any_number_of_workers(tmp_path, prepared_sample):
-    config = recipe.load(pipeline.PrepareConfig, REPO / "recipes/data/sample.yaml",
-                         [f"--output_dir={tmp_path / 'o'}", "--num_proc", "2", "--batch_size", "5"])
+    config = recipe.load(
+        pipeline.PrepareConfig,
+        REPO / "recipes/data/sample.yaml",
+        [f"--output_dir={tmp_path / 'o'}", "--num_proc", "2", "--batch_size", "5"],
+    )
     pipeline.run(config)
     assert digest(tmp_path / "o") == digest(prepared_sample[0])
+
+
+def test_corpus_stages_process_each_record_once_and_read_each_spill_once(tmp_path, monkeypatch):
+    calls, spills_read = Counter(), []
+
+    def counting(cls, method):
+        original = getattr(cls, method)
+
+        def counted(self, record):
+            calls[cls.name, method] += 1
+            return original(self, record)
+
+        return counted
+
+    def read_shards(directory, batch_size, original=pipeline.read_shards):
+        spills_read.append(directory.name)
+        return original(directory, batch_size)
+
+    for cls in (RepeatedLines, Dedup):
+        for method in ("observe", "process"):
+            monkeypatch.setattr(cls, method, counting(cls, method))
+    monkeypatch.setattr(pipeline, "read_shards", read_shards)
+    config = recipe.load(pipeline.PrepareConfig, REPO / "recipes/data/sample.yaml", [f"--output_dir={tmp_path / 'o'}"])
+    report = pipeline.run(config)
+    assert calls["repeated_lines", "process"] == calls["repeated_lines", "observe"] > 0
+    reaching_dedup = report["totals"]["kept"] + sum(report["rejected"]["dedup"].values())
+    assert calls["dedup", "process"] == calls["dedup", "observe"] == reaching_dedup
+    assert spills_read == ["repeated_lines.spill", "dedup.spill"]
 
 
 def test_kill_9_at_any_point_then_rerun_gives_the_same_bytes(tmp_path, prepared_sample):
@@ -170,7 +232,14 @@ def test_kill_9_at_any_point_then_rerun_gives_the_same_bytes(tmp_path, prepared_
     import time
 
     out = tmp_path / "o"
-    command = [sys.executable, "scripts/prepare_data.py", "--config", "recipes/data/sample.yaml", "--output_dir", str(out)]
+    command = [
+        sys.executable,
+        "scripts/prepare_data.py",
+        "--config",
+        "recipes/data/sample.yaml",
+        "--output_dir",
+        str(out),
+    ]
     for delay in (0.5, 1.5, 2.5):
         process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(delay)

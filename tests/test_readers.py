@@ -16,8 +16,9 @@ def records(tmp_path, name, content, **source):
 
 
 def test_record_schema_and_stable_ids(tmp_path):
-    out = records(tmp_path, "a.jsonl", '{"text": "नमस्ते दुनिया", "url": "u"}\n\n{"text": "दूसरा"}\n', format="jsonl",
-                  lang="hi")
+    out = records(
+        tmp_path, "a.jsonl", '{"text": "नमस्ते दुनिया", "url": "u"}\n\n{"text": "दूसरा"}\n', format="jsonl", lang="hi"
+    )
     assert [r["id"] for r in out] == [f"{tmp_path}/a.jsonl#0", f"{tmp_path}/a.jsonl#1"]
     assert set(out[0]) == {"id", "text", "lang", "script", "source", "kind", "meta"}
     assert out[0]["lang"] == "hi" and out[0]["kind"] == "web" and out[0]["meta"]["fields"] == {"url": "u"}
@@ -34,8 +35,13 @@ def test_jsonl_bad_lines_are_read_errors_not_crashes(tmp_path):
 
 
 def test_language_per_record_and_unknown_codes(tmp_path):
-    out = records(tmp_path, "c.jsonl", '{"text": "a", "l": "mar_Deva"}\n{"text": "b", "l": "xx"}\n', format="jsonl",
-                  lang_field="l")
+    out = records(
+        tmp_path,
+        "c.jsonl",
+        '{"text": "a", "l": "mar_Deva"}\n{"text": "b", "l": "xx"}\n',
+        format="jsonl",
+        lang_field="l",
+    )
     assert out[0]["lang"] == "mr"
     assert out[1]["read_error"] == "unknown_lang:xx"
 
@@ -44,7 +50,9 @@ def test_parquet_and_csv(tmp_path):
     pq.write_table(pa.table({"body": ["পাঠ্য এক", "পাঠ্য দুই"], "label": ["x", "y"]}), tmp_path / "d.parquet")
     out = list(read(Source(path=str(tmp_path / "d.parquet"), format="parquet", text_field="body", lang="bn")))
     assert [r["text"] for r in out] == ["পাঠ্য এক", "পাঠ্য দুই"] and out[1]["meta"]["fields"] == {"label": "y"}
-    out = records(tmp_path, "e.tsv", "label\tText\nsport\t\"quoted\"\tmore\nnews\tline\n", format="tsv", text_field="Text")
+    out = records(
+        tmp_path, "e.tsv", 'label\tText\nsport\t"quoted"\tmore\nnews\tline\n', format="tsv", text_field="Text"
+    )
     assert [r["text"] for r in out] == ["quoted", "line"]
     with pytest.raises(ValueError, match="has no column 'text'.*columns: label, Text.*set text_field"):
         records(tmp_path, "f.csv", "label,Text\nx,y\n", format="csv")
@@ -54,7 +62,9 @@ def test_plain_text_units(tmp_path):
     content = "पहला अनुच्छेद\nदूसरी पंक्ति\n\n\nदूसरा अनुच्छेद\n"
     assert len(records(tmp_path, "g.txt", content, format="txt")) == 1
     assert [r["text"] for r in records(tmp_path, "g.txt", content, format="txt", unit="paragraph")] == [
-        "पहला अनुच्छेद\nदूसरी पंक्ति", "दूसरा अनुच्छेद"]
+        "पहला अनुच्छेद\nदूसरी पंक्ति",
+        "दूसरा अनुच्छेद",
+    ]
     assert len(records(tmp_path, "g.txt", content, format="txt", unit="line")) == 3
 
 
@@ -84,10 +94,13 @@ def test_srt_and_vtt_drop_cue_numbers_timing_and_markup(tmp_path):
 
 
 def test_whisper_json_keeps_segment_scores(tmp_path):
-    result = {"language": "hindi", "segments": [
-        {"start": 0, "end": 1, "text": " एक ", "avg_logprob": -0.2, "no_speech_prob": 0.1, "tokens": [1]},
-        {"start": 1, "end": 2, "text": "  ", "avg_logprob": -0.2},
-    ]}
+    result = {
+        "language": "hindi",
+        "segments": [
+            {"start": 0, "end": 1, "text": " एक ", "avg_logprob": -0.2, "no_speech_prob": 0.1, "tokens": [1]},
+            {"start": 1, "end": 2, "text": "  ", "avg_logprob": -0.2},
+        ],
+    }
     out = records(tmp_path, "w.json", json.dumps(result), format="whisper_json", kind="asr")
     assert out[0]["text"] == "एक" and out[0]["lang"] == "hi"
     assert out[0]["meta"]["segments"] == [{"start": 0, "end": 1, "avg_logprob": -0.2, "no_speech_prob": 0.1}]
@@ -103,21 +116,65 @@ def test_kaldi_text(tmp_path):
 
 # the bad-input matrix: each is a clear error or a counted reject, never a traceback or a silent loss ------------------
 
-@pytest.mark.parametrize("content, expected", [
-    ('\ufeff{"text": "बीओएम वाली फ़ाइल"}\n'.encode("utf-8"), "बीओएम वाली फ़ाइल"),
-    ('{"text": "यूटीएफ़-16 फ़ाइल"}\n'.encode("utf-16"), "यूटीएफ़-16 फ़ाइल"),
-])
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ('\ufeff{"text": "बीओएम वाली फ़ाइल"}\n'.encode("utf-8"), "बीओएम वाली फ़ाइल"),
+        ('{"text": "यूटीएफ़-16 फ़ाइल"}\n'.encode("utf-16"), "यूटीएफ़-16 फ़ाइल"),
+    ],
+)
 def test_byte_order_marks_and_utf16_are_decoded(tmp_path, content, expected):
     (out,) = records(tmp_path, "bom.jsonl", content, format="jsonl")
     assert out["text"] == expected and "read_error" not in out
 
 
-@pytest.mark.parametrize("fmt, name", [("jsonl", "x.jsonl"), ("txt", "x.txt"), ("kaldi", "text"), ("srt", "x.srt"),
-                                       ("pages", "x.txt"), ("csv", "x.csv")])
+@pytest.mark.parametrize(
+    "fmt, name",
+    [("jsonl", "x.jsonl"), ("txt", "x.txt"), ("kaldi", "text"), ("srt", "x.srt"), ("pages", "x.txt"), ("csv", "x.csv")],
+)
 def test_empty_and_binary_files_are_counted_rejects(tmp_path, fmt, name):
     assert [r["read_error"] for r in records(tmp_path, name, b"", format=fmt)] == ["empty_file"]
     binary = bytes(range(256)) * 8
     assert [r["read_error"] for r in records(tmp_path, name, binary, format=fmt)] == ["binary_file"]
+
+
+@pytest.mark.parametrize(
+    "fmt, meta",
+    [
+        ("csv", {"where": "file"}),
+        ("txt", {"where": "file"}),
+        ("srt", {}),
+        ("whisper_json", {}),
+        ("pages", "book"),
+        ("tesseract_tsv", "book"),
+        ("hocr", "book"),
+    ],
+)
+def test_a_whole_file_that_is_not_utf8_is_one_reject(tmp_path, fmt, meta):
+    (out,) = records(tmp_path, "x", "café\n".encode("latin-1"), format=fmt)
+    meta = {"book": f"{tmp_path}/x", "page": 1} if meta == "book" else meta  # page 1 of its book
+    assert (out["id"], out["text"], out["read_error"], out["meta"]) == (f"{tmp_path}/x#0", "", "invalid_utf8", meta)
+
+
+@pytest.mark.parametrize(
+    "fmt, line, unit",
+    [
+        ("jsonl", '{"text": "ठीक"}', "file"),
+        ("asr_manifest", '{"text": "ठीक"}', "file"),
+        ("kaldi", "utt ठीक", "file"),
+        ("txt", "ठीक", "line"),
+    ],
+)
+def test_a_line_that_is_not_utf8_is_one_reject_and_the_next_lines_are_read(tmp_path, fmt, line, unit):
+    out = records(
+        tmp_path, "x", f"{line}\n".encode() + "café\n".encode("latin-1") + f"{line}\n".encode(), format=fmt, unit=unit
+    )
+    assert [(r.get("read_error"), r["text"], r["meta"]["where"]) for r in out] == [
+        (None, "ठीक", "line 1"),
+        ("invalid_utf8", "", "line 2"),
+        (None, "ठीक", "line 3"),
+    ]
 
 
 def test_a_50_mb_single_line_document_is_rejected_as_too_long(tmp_path):
@@ -171,14 +228,20 @@ def test_hugging_face_dataset_saved_to_disk(tmp_path):
 
 TESSERACT_TSV = "\t".join("level page_num block_num par_num line_num word_num left top width height conf text".split())
 TESSERACT_ROWS = [
-    (1, 1, 0, 0, 0, 0, -1, ""), (5, 1, 1, 1, 1, 1, 91.5, "गाँव"), (5, 1, 1, 1, 1, 2, 88.0, "की"),
-    (5, 1, 1, 1, 2, 1, 95.0, "कहानी"), (5, 1, 2, 1, 1, 1, 40.5, "नया"), (5, 2, 1, 1, 1, 1, 20.0, "धुँधला"),
+    (1, 1, 0, 0, 0, 0, -1, ""),
+    (5, 1, 1, 1, 1, 1, 91.5, "गाँव"),
+    (5, 1, 1, 1, 1, 2, 88.0, "की"),
+    (5, 1, 1, 1, 2, 1, 95.0, "कहानी"),
+    (5, 1, 2, 1, 1, 1, 40.5, "नया"),
+    (5, 2, 1, 1, 1, 1, 20.0, "धुँधला"),
 ]
 
 
 def test_tesseract_tsv_pages_lines_paragraphs_and_confidence(tmp_path):
-    rows = [TESSERACT_TSV] + ["\t".join(map(str, (lv, pg, b, p, ln, w, 0, 0, 10, 10, conf, t)))
-                               for lv, pg, b, p, ln, w, conf, t in TESSERACT_ROWS]
+    rows = [TESSERACT_TSV] + [
+        "\t".join(map(str, (lv, pg, b, p, ln, w, 0, 0, 10, 10, conf, t)))
+        for lv, pg, b, p, ln, w, conf, t in TESSERACT_ROWS
+    ]
     out = records(tmp_path, "book.tsv", "\n".join(rows) + "\n", format="tesseract_tsv", kind="ocr", lang="hi")
     assert [r["text"] for r in out] == ["गाँव की\nकहानी\n\nनया", "धुँधला"]
     assert [r["meta"]["mean_confidence"] for r in out] == [78.75, 20.0]

@@ -13,12 +13,24 @@ from indictune.core import recipe
 from indictune.data import pipeline
 from indictune.data.stages.identify import guess_language
 from indictune.eval.tasks import load_task
-from tests.conftest import shared_data_dir
 from indictune.training.tokenizer.build import TokenizerConfig, build
+from tests.conftest import shared_data_dir
 
 REPO = Path(__file__).resolve().parent.parent
-FLORES = ["hin_Deva", "mar_Deva", "ben_Beng", "tam_Taml", "tel_Telu", "kan_Knda", "mal_Mlym", "guj_Gujr", "pan_Guru",
-          "ory_Orya", "urd_Arab", "eng_Latn"]
+FLORES = [
+    "hin_Deva",
+    "mar_Deva",
+    "ben_Beng",
+    "tam_Taml",
+    "tel_Telu",
+    "kan_Knda",
+    "mal_Mlym",
+    "guj_Gujr",
+    "pan_Guru",
+    "ory_Orya",
+    "urd_Arab",
+    "eng_Latn",
+]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +58,9 @@ def test_prepare_data_on_the_shared_data(prepared_shared):
     assert set(kept.kind) == {"web", "ocr", "asr"}
     assert (kept[kept.lang == "ur"].script == "Arab").all() and (kept[kept.lang == "pa"].script == "Guru").all()
     rejected = pq.read_table(out / "rejected", columns=["reason"]).to_pandas()
-    assert rejected.reason.isin(["exact_duplicate", "near_duplicate"]).sum() > 100  # the transcript files share utterances
+    assert (
+        rejected.reason.isin(["exact_duplicate", "near_duplicate"]).sum() > 100
+    )  # the transcript files share utterances
 
 
 def test_language_of_shared_script_sentences(shared_data):
@@ -73,17 +87,30 @@ def test_extend_the_llama2_tokenizer_with_hindi_and_tamil(shared_data, tmp_path,
         lines = (shared_data / "flores200" / "dev" / f"{code}.dev").read_text().splitlines()
         (heldout / f"{code}.txt").write_text("\n".join(lines[600:]) + "\n")
     data = tmp_path / "prepared"
-    config = recipe.load(pipeline.PrepareConfig, None, [
-        f"--output_dir={data}", "--stages.quality.min_words", "3",
-        "--sources", "[{path: '${INDICTUNE_SHARED_DATA}/flores200/dev/hin_Deva.dev', format: txt, unit: line, lang: hi, "
-        "limit: 600}, {path: '${INDICTUNE_SHARED_DATA}/flores200/dev/tam_Taml.dev', format: txt, unit: line, lang: ta, "
-        "limit: 600}]",
-    ])
+    config = recipe.load(
+        pipeline.PrepareConfig,
+        None,
+        [
+            f"--output_dir={data}",
+            "--stages.quality.min_words",
+            "3",
+            "--sources",
+            "[{path: '${INDICTUNE_SHARED_DATA}/flores200/dev/hin_Deva.dev', format: txt, unit: line, lang: hi, "
+            "limit: 600}, {path: '${INDICTUNE_SHARED_DATA}/flores200/dev/tam_Taml.dev', format: txt, unit: line, "
+            "lang: ta, limit: 600}]",
+        ],
+    )
     pipeline.run(config)
-    summary = build(TokenizerConfig(
-        output_dir=str(tmp_path / "extended"), train_data=[str(data)], base_tokenizer=str(base), vocab_size=6000,
-        fertility_text=str(heldout / "{flores}.txt"), fertility_languages=["hi", "ta", "en"],
-    ))
+    summary = build(
+        TokenizerConfig(
+            output_dir=str(tmp_path / "extended"),
+            train_data=[str(data)],
+            base_tokenizer=str(base),
+            vocab_size=6000,
+            fertility_text=str(heldout / "{flores}.txt"),
+            fertility_languages=["hi", "ta", "en"],
+        )
+    )
     fertility = summary["fertility"]
     print({lang: {k: round(v["tokens_per_word"], 2) for k, v in f.items()} for lang, f in fertility.items()})
     for lang in ("hi", "ta"):
@@ -149,12 +176,24 @@ def test_tamil_asr_cleanup_moves_raw_transcripts_toward_the_upstream_cleaned_one
     from indictune.data.stages.normalize import normalize_text
 
     folder = shared_data / "asr_tamil_cv_openslr_iitm_msr"
-    raw = dict(line.split("\t", 1) for line in (folder / "cv8_ta_test_transcription_unprocessed.head1000.txt").read_text().splitlines())
-    cleaned = dict(line.split("\t", 1) for line in (folder / "cv8_ta_test_transcription_processed.head1000.txt").read_text().splitlines())
+    raw = dict(
+        line.split("\t", 1)
+        for line in (folder / "cv8_ta_test_transcription_unprocessed.head1000.txt").read_text().splitlines()
+    )
+    cleaned = dict(
+        line.split("\t", 1)
+        for line in (folder / "cv8_ta_test_transcription_processed.head1000.txt").read_text().splitlines()
+    )
     stage = Asr(AsrConfig(punctuation="strip"))
     ours = []
     for utterance in cleaned:
-        record = {"id": utterance, "text": normalize_text(raw[utterance], "ta"), "lang": "ta", "kind": "asr", "meta": {}}
+        record = {
+            "id": utterance,
+            "text": normalize_text(raw[utterance], "ta"),
+            "lang": "ta",
+            "kind": "asr",
+            "meta": {},
+        }
         assert stage.process(record) is None, utterance
         ours.append(record["text"])
     references = [" ".join(cleaned[u].split()) for u in cleaned]
@@ -171,8 +210,10 @@ def test_gujarati_ocr_cleanup_does_not_raise_character_error_rate(shared_data):
     ocr_lines = (folder / "ocr-Gujarati_fast-guj-ALL.txt").read_text().split("\n")
     truth = (folder / "gt-guj-ALL.txt").read_text().split("\n")
     pairs = [(o, truth[3 * i]) for i, o in enumerate(ocr_lines) if o.strip() and 3 * i < len(truth)][:600]
-    records = [{"id": f"l#{i}", "text": normalize_text(o, "gu"), "lang": "gu", "kind": "ocr", "meta": {"book": "b"}}
-               for i, (o, _) in enumerate(pairs)]
+    records = [
+        {"id": f"l#{i}", "text": normalize_text(o, "gu"), "lang": "gu", "kind": "ocr", "meta": {"book": "b"}}
+        for i, (o, _) in enumerate(pairs)
+    ]
     normalized = [r["text"] for r in records]
     Ocr(OcrConfig()).process_batch(records)
     # references written the way the normalize stage writes text (danda, quotes), so only OCR clean-up is measured
@@ -190,12 +231,17 @@ def test_flores_dev_is_kept_intact(prepared_shared):
         # only sentences mostly in Latin letters (English names in Telugu, a Spanish title in Punjabi) or a
         # repeated line (Urdu has one) may go
         assert report["sources"][source]["kept"] >= 990, (code, report["sources"][source])
+
         # intended edits: spacing, zero-width spaces, "|" written as the danda
         def canonical(text):
             return " ".join(unicodedata.normalize("NFC", text).replace("\u200b", " ").replace("|", "।").split())
 
-        original = {canonical(line) for line in
-                    Path(source.replace("${INDICTUNE_SHARED_DATA}", str(shared_data_dir()))).read_text().splitlines()}
+        original = {
+            canonical(line)
+            for line in Path(source.replace("${INDICTUNE_SHARED_DATA}", str(shared_data_dir())))
+            .read_text()
+            .splitlines()
+        }
         texts = kept[kept.source == source].text.tolist()
         unchanged = sum(canonical(text) in original for text in texts)
         assert unchanged / len(texts) >= 0.98, (code, unchanged)
@@ -209,8 +255,18 @@ def test_decontamination_against_flores_finds_leaks_and_spares_other_text(shared
     flores_hi = (shared_data / "flores200" / "dev" / "hin_Deva.dev").read_text().splitlines()
     leaked = {"text": f"एक ब्लॉग से: {flores_hi[10]} आगे पढ़ें।", "kind": "web"}
     assert stage.process(leaked) == "eval_overlap" and leaked["eval_overlap"].endswith("hin_Deva.dev")
-    articles = [r for r in read(Source(path=str(shared_data / "wikipedia_dumps_mr_bn" / "mrwiki-truncated-100k.xml.xz"),
-                                       format="mediawiki", lang="mr", limit=300)) if "read_error" not in r]
+    articles = [
+        r
+        for r in read(
+            Source(
+                path=str(shared_data / "wikipedia_dumps_mr_bn" / "mrwiki-truncated-100k.xml.xz"),
+                format="mediawiki",
+                lang="mr",
+                limit=300,
+            )
+        )
+        if "read_error" not in r
+    ]
     flagged = [r["meta"]["title"] for r in articles if stage.process(r)]
     assert len(flagged) <= 2, flagged  # Wikipedia is where FLORES comes from, so one or two real overlaps may exist
 
@@ -231,16 +287,24 @@ def test_extend_the_llama3_tiktoken_tokenizer(shared_data, tmp_path):
         with open(shared_data / "l3cube_indicnews_shc" / f"{news[lang]}_SHC_Test.csv", encoding="utf-8") as handle:
             rows += [(r[0], lang) for r in list(csv.reader(handle))[1:] if r]
     (tmp_path / "train").mkdir()
-    pq.write_table(pa.table({"text": [t for t, _ in rows], "lang": [lang for _, lang in rows]}),
-                   tmp_path / "train" / "part-0.parquet")
+    pq.write_table(
+        pa.table({"text": [t for t, _ in rows], "lang": [lang for _, lang in rows]}),
+        tmp_path / "train" / "part-0.parquet",
+    )
     for lang, code in {**flores, "en": "eng_Latn"}.items():
         lines = (shared_data / "flores200" / "dev" / f"{code}.dev").read_text().splitlines()[498:]
         (tmp_path / f"{lang}.txt").write_text("\n".join(lines))
     out = tmp_path / "llama3-indic"
-    summary = build(TokenizerConfig(output_dir=str(out), train_data=[str(tmp_path / "train")],
-                                    base_tokenizer=str(shared_data / "tokenizers" / "llama3"), vocab_size=4000,
-                                    fertility_text=str(tmp_path / "{lang}.txt"),
-                                    fertility_languages=["hi", "ta", "bn", "en"]))
+    summary = build(
+        TokenizerConfig(
+            output_dir=str(out),
+            train_data=[str(tmp_path / "train")],
+            base_tokenizer=str(shared_data / "tokenizers" / "llama3"),
+            vocab_size=4000,
+            fertility_text=str(tmp_path / "{lang}.txt"),
+            fertility_languages=["hi", "ta", "bn", "en"],
+        )
+    )
     base = bytelevel.from_tiktoken(shared_data / "tokenizers" / "llama3" / "tokenizer.model")
     extended = AutoTokenizer.from_pretrained(out)
     vocab = extended.get_vocab()
@@ -253,7 +317,9 @@ def test_extend_the_llama3_tiktoken_tokenizer(shared_data, tmp_path):
         encoded = extended(lines, add_special_tokens=False)["input_ids"]
         assert [extended.decode(ids) for ids in encoded] == lines, code
     english = (shared_data / "flores200" / "dev" / "eng_Latn.dev").read_text().splitlines()
-    assert extended(english, add_special_tokens=False)["input_ids"] == base(english, add_special_tokens=False)["input_ids"]
+    assert (
+        extended(english, add_special_tokens=False)["input_ids"] == base(english, add_special_tokens=False)["input_ids"]
+    )
     fertility = summary["fertility"]
     # marks now belong to words, so Hindi words can become single tokens (Llama-3 alone: 2.6 per word)
     assert fertility["hi"]["extended"]["tokens_per_word"] < 0.8 * fertility["hi"]["base"]["tokens_per_word"]
@@ -261,9 +327,14 @@ def test_extend_the_llama3_tiktoken_tokenizer(shared_data, tmp_path):
     assert fertility["bn"]["extended"]["tokens_per_word"] < 0.6 * fertility["bn"]["base"]["tokens_per_word"]
     assert fertility["en"]["extended"]["tokens_per_word"] <= 1.01 * fertility["en"]["base"]["tokens_per_word"]
     # a target per language: each gets a model of its own, and their merges take turns
-    per_language = build(TokenizerConfig(output_dir=str(tmp_path / "per-language"), train_data=[str(tmp_path / "train")],
-                                         base_tokenizer=str(shared_data / "tokenizers" / "llama3"),
-                                         pieces_per_language={"ta": 1500, "bn": 1500}))
+    per_language = build(
+        TokenizerConfig(
+            output_dir=str(tmp_path / "per-language"),
+            train_data=[str(tmp_path / "train")],
+            base_tokenizer=str(shared_data / "tokenizers" / "llama3"),
+            pieces_per_language={"ta": 1500, "bn": 1500},
+        )
+    )
     tokens = json.loads((tmp_path / "per-language" / "new_tokens.json").read_text())
     split = AutoTokenizer.from_pretrained(tmp_path / "per-language")
     texts = [split.convert_tokens_to_string([entry["token"]]) for entry in tokens]
@@ -283,16 +354,32 @@ def test_offline_suite_on_real_data_flores_xquad_and_indicnews(shared_data, tmp_
     model_dir = tmp_path / "tiny"
     tiny_llama(len(tokenizer), positions=16384).save_pretrained(model_dir)  # its tiny vocabulary needs many tokens
     tokenizer.save_pretrained(model_dir)
-    tasks = [{"task": "flores-dev", "languages": ["hi", "en"], "limit": 30},
-             {"task": "flores-en-xx", "languages": ["hi"], "shots": 1, "limit": 4},
-             {"task": "xquad", "languages": ["hi"], "limit": 4},
-             {"task": "indicnews", "languages": ["mr"], "limit": 24}]
-    results = evaluate(EvalConfig(tasks=tasks, model=str(model_dir), base=str(model_dir), bootstrap_samples=100,
-                                  output_dir=str(tmp_path / "eval"), db=str(tmp_path / "lb.sqlite")))
+    tasks = [
+        {"task": "flores-dev", "languages": ["hi", "en"], "limit": 30},
+        {"task": "flores-en-xx", "languages": ["hi"], "shots": 1, "limit": 4},
+        {"task": "xquad", "languages": ["hi"], "limit": 4},
+        {"task": "indicnews", "languages": ["mr"], "limit": 24},
+    ]
+    results = evaluate(
+        EvalConfig(
+            tasks=tasks,
+            model=str(model_dir),
+            base=str(model_dir),
+            bootstrap_samples=100,
+            output_dir=str(tmp_path / "eval"),
+            db=str(tmp_path / "lb.sqlite"),
+        )
+    )
     scores = {(s["task"], s["lang"], s["metric"]): s for s in results["runs"][1]["scores"]}
-    assert set(scores) >= {("flores-dev", "hi", "bits_per_byte"), ("flores-dev", "en", "bits_per_character"),
-                           ("flores-en-xx", "hi", "chrf++"), ("xquad", "hi", "exact_match"), ("xquad", "hi", "f1"),
-                           ("indicnews", "mr", "accuracy"), ("indicnews", "mr", "accuracy_bytes")}
+    assert set(scores) >= {
+        ("flores-dev", "hi", "bits_per_byte"),
+        ("flores-dev", "en", "bits_per_character"),
+        ("flores-en-xx", "hi", "chrf++"),
+        ("xquad", "hi", "exact_match"),
+        ("xquad", "hi", "f1"),
+        ("indicnews", "mr", "accuracy"),
+        ("indicnews", "mr", "accuracy_bytes"),
+    }
     assert all(s["delta"] == pytest.approx(0, abs=1e-9) for s in scores.values())
     assert scores["flores-en-xx", "hi", "chrf++"]["detail"].startswith("nrefs:1|case:mixed|eff:yes|nc:6|nw:2")
     assert scores["indicnews", "mr", "accuracy"]["n"] == 24 and scores["xquad", "hi", "f1"]["n"] == 4

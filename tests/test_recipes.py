@@ -47,8 +47,15 @@ def test_overrides_are_typed_and_dotted(tmp_path):
     config = recipe.load(
         pipeline.PrepareConfig,
         REPO / "recipes/data/sample.yaml",
-        ["--output_dir", str(tmp_path), "--stages.quality.min_words", "5", "--stages.pii.enabled", "false",
-         "--sources.0.limit=3"],
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--stages.quality.min_words",
+            "5",
+            "--stages.pii.enabled",
+            "false",
+            "--sources.0.limit=3",
+        ],
     )
     assert config.output_dir == str(tmp_path)
     assert config.stages.quality.min_words == 5
@@ -58,7 +65,9 @@ def test_overrides_are_typed_and_dotted(tmp_path):
 
 
 def test_a_repeated_flag_collects_a_list():
-    config = recipe.load(EvalConfig, REPO / "recipes/eval/demo.yaml", ["--model", "m", "--adapter", "a", "--adapter", "b"])
+    config = recipe.load(
+        EvalConfig, REPO / "recipes/eval/demo.yaml", ["--model", "m", "--adapter", "a", "--adapter", "b"]
+    )
     assert config.adapter == ["a", "b"] and config.model == "m"
     with pytest.raises(recipe.RecipeError, match="'model' must be a string"):
         recipe.load(EvalConfig, REPO / "recipes/eval/demo.yaml", ["--model", "m", "--model", "n"])
@@ -75,7 +84,10 @@ def test_unknown_key_in_a_file_names_the_file_and_the_closest_key(tmp_path):
 
 
 def test_unknown_key_on_the_command_line():
-    with pytest.raises(recipe.RecipeError, match=r"command line: unknown key 'stages.quality.min_word'; did you mean 'stages.quality.min_words'"):
+    with pytest.raises(
+        recipe.RecipeError,
+        match=r"command line: unknown key 'stages.quality.min_word'; did you mean 'stages.quality.min_words'",
+    ):
         recipe.load(pipeline.PrepareConfig, REPO / "recipes/data/sample.yaml", ["--stages.quality.min_word", "3"])
 
 
@@ -102,7 +114,7 @@ def test_yaml_is_read_safely(tmp_path):
 def test_training_recipe_unknown_key_in_file(tmp_path):
     bad = tmp_path / "train.yaml"
     bad.write_text("train_data: [x]\noutput_dir: out\nlearning_rat: 1.0e-4\n")
-    with pytest.raises(SystemExit) as err:
+    with pytest.raises(recipe.RecipeError) as err:
         training_config.parse(["--config", str(bad)])
     message = str(err.value)
     assert str(bad) in message and "unknown key 'learning_rat'" in message and "did you mean 'learning_rate'" in message
@@ -110,7 +122,7 @@ def test_training_recipe_unknown_key_in_file(tmp_path):
 
 def test_training_recipe_unknown_key_on_the_command_line(tmp_path):
     good = REPO / "recipes/train/demo/cpt-lora.yaml"
-    with pytest.raises(SystemExit) as err:
+    with pytest.raises(recipe.RecipeError) as err:
         training_config.parse(["--config", str(good), "--lora_alph", "8"])
     assert "command line: unknown key 'lora_alph'; did you mean 'lora_alpha'" in str(err.value)
 
@@ -127,8 +139,9 @@ def test_training_recipe_keys_are_the_real_trl_names():
 
 def test_scripts_print_help_and_exit_cleanly():
     for script in ("prepare_data.py", "extend_tokenizer.py", "evaluate.py", "leaderboard.py"):
-        result = subprocess.run([sys.executable, f"scripts/{script}", "--help"], capture_output=True, text=True,
-                                cwd=REPO)
+        result = subprocess.run(
+            [sys.executable, f"scripts/{script}", "--help"], capture_output=True, text=True, cwd=REPO
+        )
         assert result.returncode == 0, result.stderr
         assert "--config" in result.stdout or "usage" in result.stdout
 
@@ -136,7 +149,9 @@ def test_scripts_print_help_and_exit_cleanly():
 def test_a_script_error_is_one_clear_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "scripts/prepare_data.py", "--config", "recipes/data/sample.yaml", "--stages.qualty.x", "1"],
-        capture_output=True, text=True, cwd=REPO,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
     )
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("error: command line: unknown key 'stages.qualty'")

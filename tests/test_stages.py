@@ -1,11 +1,18 @@
 """Each data stage on project-written text."""
 
+import dataclasses
 import json
+import sys
 import unicodedata
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
+from indictune.core import recipe
+from indictune.core.text import comparison_key, words
+from indictune.data import pipeline, stages
+from indictune.data.readers import Source
 from indictune.data.stages.asr import Asr, AsrConfig, collapse_loops
 from indictune.data.stages.dedup import Dedup, DedupConfig, RepeatedLines, RepeatedLinesConfig
 from indictune.data.stages.identify import Identify, IdentifyConfig, guess_language
@@ -13,7 +20,6 @@ from indictune.data.stages.normalize import normalize_text
 from indictune.data.stages.ocr import Ocr, OcrConfig
 from indictune.data.stages.pii import redact, verhoeff_valid
 from indictune.data.stages.quality import Quality, QualityConfig, character_ratios, duplicate_ngram_fraction
-from indictune.core.text import comparison_key, words
 
 HELDOUT = Path(__file__).resolve().parent.parent / "data" / "sample" / "heldout"
 
@@ -23,6 +29,7 @@ def record(text, lang=None, kind="web", **meta):
 
 
 # normalize ---------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("lang", ["hi", "mr", "bn", "ta", "te", "en"])
 def test_normalize_is_idempotent_and_nfc(lang):
@@ -56,6 +63,7 @@ def test_nukta_forms_compose_the_same_way():
 
 # identify ----------------------------------------------------------------------------------------------------------
 
+
 def test_identify_script_language_and_mismatch():
     stage = Identify(IdentifyConfig())
     r = record("வணக்கம் நண்பர்களே, இது ஒரு சோதனை")
@@ -77,6 +85,7 @@ def test_shared_script_languages_are_told_apart_by_their_function_words():
 
 
 # ocr ---------------------------------------------------------------------------------------------------------------
+
 
 def test_ocr_removes_running_headers_and_page_numbers_and_rejoins_lines():
     bodies = [
@@ -110,6 +119,7 @@ def test_ocr_repairs_detached_vowel_signs_and_drops_garbage_pages():
 
 # asr ---------------------------------------------------------------------------------------------------------------
 
+
 def test_collapse_loops_keeps_one_copy_and_counts_the_rest():
     assert collapse_loops("धन्यवाद। धन्यवाद। धन्यवाद। धन्यवाद।".split()) == (["धन्यवाद।"], 3)
     assert collapse_loops("a b c a b c a b c d".split()) == (["a", "b", "c", "d"], 6)
@@ -129,7 +139,8 @@ def test_asr_cleans_segments_with_their_scores():
     r = record("\n".join(lines), lang="hi", kind="asr", segments=segments)
     assert Asr(AsrConfig()).process(r) is None
     assert r["text"] == "नमस्ते दोस्तों आज की बात\n\nधन्यवाद।"  # a pause of three seconds starts a paragraph
-    assert (r["asr_segments_dropped"], r["asr_tags_removed"], r["asr_fillers_removed"], r["asr_loop_words_removed"]) == (2, 1, 1, 2)
+    counts = ("asr_segments_dropped", "asr_tags_removed", "asr_fillers_removed", "asr_loop_words_removed")
+    assert [r[count] for count in counts] == [2, 1, 1, 2]
 
 
 def test_asr_rejects_a_transcript_that_is_mostly_a_loop():
@@ -140,14 +151,17 @@ def test_asr_rejects_a_transcript_that_is_mostly_a_loop():
 
 # pii ---------------------------------------------------------------------------------------------------------------
 
+
 def test_verhoeff_against_known_values():
     assert verhoeff_valid("2363") and verhoeff_valid("123451")  # check digits 3 and 1
     assert not verhoeff_valid("2364") and not verhoeff_valid("2633")  # a wrong digit, a transposition
 
 
 def test_pii_types_in_ascii_and_native_digits():
-    text = ("मेल a.b-c@example.co.in, फ़ोन +91 98765 43210 और ०९८७६५ ४३२१०, ऑफ़िस 0522-2345678, "
-            "आधार 7181 9093 7865 और ७१८१ ९०९३ ७८६५, पैन ABCPK1234F, ऑर्डर 665632122330, साल 2024")
+    text = (
+        "मेल a.b-c@example.co.in, फ़ोन +91 98765 43210 और ०९८७६५ ४३२१०, ऑफ़िस 0522-2345678, "
+        "आधार 7181 9093 7865 और ७१८१ ९०९३ ७८६५, पैन ABCPK1234F, ऑर्डर 665632122330, साल 2024"
+    )
     clean, counts = redact(text)
     assert {k: n for k, n in counts.items() if n} == {"email": 1, "aadhaar": 2, "pan": 1, "phone": 3}
     assert "665632122330" in clean and "2024" in clean  # fails the checksum / too short: not an identifier
@@ -155,15 +169,19 @@ def test_pii_types_in_ascii_and_native_digits():
 
 
 def test_pii_indian_financial_and_vehicle_identifiers():
-    text = ("GSTIN 27AAPFU0939F1ZV, गलत 27AAPFU0939F1ZA; IFSC SBIN0001234; UPI ramesh.k@okaxis और 9876543210@ybl; "
-            "मेल ramesh@example.com; गाड़ी MH 12 AB 1234, DL3CAF0001, 22 BH 1234 AA; नहीं: XY 12 AB 1234, 987 654 3210")
+    text = (
+        "GSTIN 27AAPFU0939F1ZV, गलत 27AAPFU0939F1ZA; IFSC SBIN0001234; UPI ramesh.k@okaxis और 9876543210@ybl; "
+        "मेल ramesh@example.com; गाड़ी MH 12 AB 1234, DL3CAF0001, 22 BH 1234 AA; नहीं: XY 12 AB 1234, 987 654 3210"
+    )
     clean, counts = redact(text)
-    assert {k: n for k, n in counts.items() if n} == {"email": 1, "upi": 2, "gstin": 1, "ifsc": 1, "vehicle": 3, "phone": 1}
+    found = {k: n for k, n in counts.items() if n}
+    assert found == {"email": 1, "upi": 2, "gstin": 1, "ifsc": 1, "vehicle": 3, "phone": 1}
     assert "27AAPFU0939F1ZA" in clean and "XY 12 AB 1234" in clean  # bad check character, no such state
     assert "[UPI]" in clean and "[EMAIL]" in clean and "ramesh" not in clean
 
 
 # quality -----------------------------------------------------------------------------------------------------------
+
 
 def test_words_keep_vowel_signs():
     assert words("किसान खेतों में, தமிழ்நாடு!") == ["किसान", "खेतों", "में", "தமிழ்நாடு"]
@@ -185,6 +203,7 @@ def test_quality_measures_and_reasons():
 
 # dedup -------------------------------------------------------------------------------------------------------------
 
+
 def test_comparison_key_folds_spacing_case_and_digits_but_keeps_vowel_signs():
     assert comparison_key("Hello  World 2024\n") == comparison_key("hello world २०२४")
     assert comparison_key("कुल") != comparison_key("कल")  # stripping marks would make these collide
@@ -205,8 +224,16 @@ def test_exact_and_near_duplicates_keep_the_first_of_each_cluster():
     tokens = base.split()
     one_word_changed = " ".join(tokens[:10] + ["बदला"] + tokens[11:])
     chained = " ".join(tokens[:30] + ["नया", "शब्द"] + tokens[32:])  # near the second, maybe not the first
-    docs = [record(t) for t in (base, "अलग विषय का एक बिल्कुल अलग पाठ है जो किसी से नहीं मिलता " * 3,
-                                base.replace(" ", "  "), one_word_changed, chained)]
+    docs = [
+        record(t)
+        for t in (
+            base,
+            "अलग विषय का एक बिल्कुल अलग पाठ है जो किसी से नहीं मिलता " * 3,
+            base.replace(" ", "  "),
+            one_word_changed,
+            chained,
+        )
+    ]
     for i, r in enumerate(docs):
         r["id"] = f"doc#{i}"
     reasons = run_corpus_stage(Dedup(DedupConfig()), docs)
@@ -242,9 +269,14 @@ def test_repeated_lines_across_a_sources_documents_are_removed():
 
 # policies, flags and gates added to the stages -----------------------------------------------------------------
 
-POLICIES = [dict(nukta=n, candrabindu=c, danda=d, digits=g, punctuation=p) for n in ("keep", "remove")
-            for c in ("keep", "anusvara") for d in ("unicode", "keep") for g in ("keep", "ascii", "native")
-            for p in ("keep", "ascii")]
+POLICIES = [
+    dict(nukta=n, candrabindu=c, danda=d, digits=g, punctuation=p)
+    for n in ("keep", "remove")
+    for c in ("keep", "anusvara")
+    for d in ("unicode", "keep")
+    for g in ("keep", "ascii", "native")
+    for p in ("keep", "ascii")
+]
 
 
 @pytest.mark.parametrize("policy", POLICIES, ids=lambda p: "-".join(p.values()))
@@ -256,7 +288,10 @@ def test_every_normalize_policy_is_idempotent_and_nfc(policy):
 
 def test_normalize_policies_do_what_they_say():
     assert normalize_text("ज़रा हैँ", "hi", nukta="remove", candrabindu="anusvara") == "जरा हैं"
-    assert normalize_text("वह आया|| फिर गया।। ठीक | a|b http://x.in/a|b", "hi") == "वह आया॥ फिर गया॥ ठीक । a|b http://x.in/a|b"
+    assert (
+        normalize_text("वह आया|| फिर गया।। ठीक | a|b http://x.in/a|b", "hi")
+        == "वह आया॥ फिर गया॥ ठीक । a|b http://x.in/a|b"
+    )
     assert normalize_text("सन 2024", "hi", digits="native") == "सन २०२४"
     assert normalize_text("उसने कहा, “हाँ” — ठीक…", "hi") == "उसने कहा, “हाँ” — ठीक…"
     assert normalize_text("उसने कहा, “हाँ” — ठीक…", "hi", punctuation="ascii") == 'उसने कहा, "हाँ" - ठीक...'
@@ -281,10 +316,12 @@ def test_identify_uses_a_user_supplied_fasttext_model(tmp_path):
     hindi = (HELDOUT / "hi.txt").read_text().split("\n\n")
     marathi = (HELDOUT / "mr.txt").read_text().split("\n\n")
     lines = [f"__label__hin_Deva {' '.join(p.split())}" for p in hindi] + [
-        f"__label__mar_Deva {' '.join(p.split())}" for p in marathi]
+        f"__label__mar_Deva {' '.join(p.split())}" for p in marathi
+    ]
     (tmp_path / "train.txt").write_text("\n".join(lines * 20) + "\n")
     fasttext.train_supervised(str(tmp_path / "train.txt"), epoch=20, verbose=0, seed=1, thread=1).save_model(
-        str(tmp_path / "lid.bin"))
+        str(tmp_path / "lid.bin")
+    )
     stage = Identify(IdentifyConfig(fasttext_model=str(tmp_path / "lid.bin")))
     r = record(marathi[0])
     assert stage.process(r) is None and r["lang"] == "mr" and 0.5 < r["lang_score"] <= 1.0
@@ -294,9 +331,10 @@ def test_identify_uses_a_user_supplied_fasttext_model(tmp_path):
 
 def test_ocr_gates_on_word_confidence_and_repairs_two_part_vowels():
     stage = Ocr(OcrConfig())
-    pages = [record("गाँव की कहानी अाज सुनो, मैंने देखा तो वह बाेला कुछ नहीं", lang="hi", kind="ocr", book="b",
-                    mean_confidence=91.0),
-             record("धुँधला पन्ना जिसे ठीक से पढ़ा नहीं जा सका", lang="hi", kind="ocr", book="b", mean_confidence=41.0)]
+    pages = [
+        record("गाँव की कहानी अाज सुनो, मैंने देखा तो वह बाेला कुछ नहीं", lang="hi", kind="ocr", book="b", mean_confidence=91.0),
+        record("धुँधला पन्ना जिसे ठीक से पढ़ा नहीं जा सका", lang="hi", kind="ocr", book="b", mean_confidence=41.0),
+    ]
     assert stage.process_batch(pages) == [None, "ocr_low_confidence"]
     assert "आज" in pages[0]["text"] and "बोला" in pages[0]["text"] and pages[0]["ocr_confusions_repaired"] == 2
 
@@ -305,14 +343,23 @@ def test_asr_drops_repetitive_paragraphs_by_folded_compression_and_implausible_r
     from indictune.data.stages.asr import folded_compression_ratio
 
     prose = (HELDOUT / "hi.txt").read_text()
-    assert folded_compression_ratio(prose) < 2.4 < len(prose.encode()) / len(__import__("zlib").compress(prose.encode()))
+    utf8_ratio = len(prose.encode()) / len(__import__("zlib").compress(prose.encode()))
+    assert folded_compression_ratio(prose) < 2.4 < utf8_ratio
     loop = "धन्यवाद। धन्यवाद, धन्यवाद! " * 12
     assert folded_compression_ratio(loop) > 5
-    r = record(f"{loop}\nआज हम बारिश के पानी को बचाने के तरीक़ों पर बात करेंगे", lang="hi", kind="asr",
-               segments=[{"start": 0.0, "end": 20.0}, {"start": 25.0, "end": 29.0}])
+    r = record(
+        f"{loop}\nआज हम बारिश के पानी को बचाने के तरीक़ों पर बात करेंगे",
+        lang="hi",
+        kind="asr",
+        segments=[{"start": 0.0, "end": 20.0}, {"start": 25.0, "end": 29.0}],
+    )
     assert Asr(AsrConfig()).process(r) == "asr_repetition_loop"
-    fast = record("यह वाक्य एक सेकंड से भी कम समय में बोला गया जो संभव नहीं है\nठीक है अब आगे बढ़ते हैं", lang="hi",
-                  kind="asr", segments=[{"start": 0.0, "end": 0.5}, {"start": 1.0, "end": 3.0}])
+    fast = record(
+        "यह वाक्य एक सेकंड से भी कम समय में बोला गया जो संभव नहीं है\nठीक है अब आगे बढ़ते हैं",
+        lang="hi",
+        kind="asr",
+        segments=[{"start": 0.0, "end": 0.5}, {"start": 1.0, "end": 3.0}],
+    )
     assert Asr(AsrConfig()).process(fast) is None and fast["text"] == "ठीक है अब आगे बढ़ते हैं"
     assert fast["asr_segments_dropped"] == 1
 
@@ -322,8 +369,9 @@ def test_decontaminate_drops_documents_sharing_13_grams_with_eval_sets(tmp_path)
 
     eval_sentence = "भारत के उत्तर में हिमालय पर्वत है जो दुनिया की सबसे ऊँची पर्वत श्रृंखला मानी जाती है"
     (tmp_path / "dev.txt").write_text(f"{eval_sentence}\nबहुत छोटा\n")
-    (tmp_path / "qa.jsonl").write_text(json.dumps({"question": "गंगा नदी कहाँ से निकलती है और किन राज्यों से होकर बहती है"},
-                                                  ensure_ascii=False) + "\n")
+    (tmp_path / "qa.jsonl").write_text(
+        json.dumps({"question": "गंगा नदी कहाँ से निकलती है और किन राज्यों से होकर बहती है"}, ensure_ascii=False) + "\n"
+    )
     stage = Decontaminate(DecontaminateConfig(paths=[str(tmp_path / "dev.txt"), str(tmp_path / "qa.jsonl")]))
     leaked = record(f"कल की कक्षा में शिक्षक ने बताया कि {eval_sentence.replace('भारत', 'भारत')} और फिर छुट्टी हो गई")
     assert stage.process(leaked) == "eval_overlap" and leaked["eval_overlap"].endswith("dev.txt")
@@ -338,3 +386,92 @@ def test_a_broken_evaluation_file_names_its_line(tmp_path):
     (tmp_path / "eval.jsonl").write_text('{"q": "ठीक"}\n{"q": \n')
     with pytest.raises(ValueError, match=r"eval\.jsonl line 2 is not JSON"):
         Decontaminate(DecontaminateConfig(paths=[str(tmp_path / "eval.jsonl")]))
+
+
+# a new stage -------------------------------------------------------------------------------------------------------
+
+SHOUTING = '''"""shouting: text written in capitals."""
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from indictune.core.recipe import field
+from indictune.data.stages import Record, Stage, StageConfig, stage
+
+
+@dataclass
+class ShoutingConfig(StageConfig):
+    max_capitals: float = field(0.5, help="reject a text whose letters are more capitals than this")
+
+
+@stage("shouting", order=65, config=ShoutingConfig, help="text in capitals")
+class Shouting(Stage):
+    columns = {"capitals": pa.float32()}
+
+    def process(self, record: Record) -> str | None:
+        letters = [c for c in record["text"] if c.isalpha()]
+        record["capitals"] = sum(map(str.isupper, letters)) / max(len(letters), 1)
+        return "shouting" if record["capitals"] > self.config.max_capitals else None
+'''
+
+
+@pytest.fixture
+def stages_config_with_shouting(tmp_path, monkeypatch):
+    """The recipe's ``stages:`` mapping once SHOUTING is a file in a folder of the stages package."""
+    (tmp_path / "more_stages").mkdir()
+    (tmp_path / "more_stages" / "shouting.py").write_text(SHOUTING)
+    monkeypatch.setattr(stages, "__path__", [*stages.__path__, str(tmp_path / "more_stages")])
+    monkeypatch.setattr(stages, "STAGES", dict(stages.STAGES))  # restored after the test, without the new stage
+    stages.discover()
+    yield stages.config_class()
+    del sys.modules["indictune.data.stages.shouting"], stages.shouting
+
+
+def test_a_new_stage_is_one_file(stages_config_with_shouting, tmp_path):
+    names = [f.name for f in dataclasses.fields(stages_config_with_shouting)]
+    assert names == [
+        "normalize",
+        "identify",
+        "ocr",
+        "asr",
+        "pii",
+        "quality",
+        "shouting",
+        "decontaminate",
+        "repeated_lines",
+        "dedup",
+    ]
+    with pytest.raises(recipe.RecipeError, match="did you mean 'stages.shouting.max_capitals'"):
+        recipe.build(stages_config_with_shouting, {"shouting": {"max_capital": 0.6}}, "recipe", "stages.")
+    settings = recipe.build(
+        stages_config_with_shouting,
+        {"shouting": {"max_capitals": 0.6}, "quality": {"min_words": 3}},
+        "recipe",
+        "stages.",
+    )
+    loud = "THE LOUD RIVER RUNS PAST THE OLD MILL"
+    texts = ["the quiet river runs past the old mill", loud, "STOP NOW", loud]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    report = pipeline.run(
+        pipeline.PrepareConfig(
+            sources=[Source(path=str(tmp_path / "in.jsonl"), format="jsonl", lang="en")],
+            output_dir=str(tmp_path / "out"),
+            stages=settings,
+        )
+    )
+    # After quality (the short shout is too_short), before dedup (the repeated shout is no duplicate).
+    assert report["rejected"] == {"quality": {"too_short": 1}, "shouting": {"shouting": 2}}
+    assert list(report["rejected"]) == ["quality", "shouting"]
+    assert pq.read_table(tmp_path / "out" / "data").column("capitals").to_pylist() == [0.0]
+
+
+def test_a_stage_takes_a_free_name_and_order_and_record_stages_come_first(monkeypatch):
+    monkeypatch.setattr(stages, "STAGES", dict(stages.STAGES))
+    for name, order, problem in (("quality", 65, "clashes with stage 'quality'"), ("late", 85, "after corpus stage")):
+
+        class Late(stages.Stage):
+            pass
+
+        with pytest.raises(stages.StageError, match=problem):
+            stages.stage(name, order=order, config=stages.StageConfig, help="")(Late)

@@ -6,14 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_llama
 from transformers import AutoTokenizer
 
 from indictune.core import languages
 from indictune.training.tokenizer import spm
 from indictune.training.tokenizer.embeddings import base_pieces, resize_for_tokenizer
 from indictune.training.tokenizer.fertility import fertility
-
-from conftest import tiny_llama
 
 HELDOUT = Path(__file__).resolve().parent.parent / "data" / "sample" / "heldout"
 
@@ -67,7 +66,12 @@ def test_fertility_counts():
             return {"input_ids": [list(range(len(t.split()) * 2)) for t in texts]}
 
     assert fertility(Whitespace(), ["एक दो", "तीन"]) == {
-        "tokens_per_word": 2.0, "bytes_per_token": 22 / 6, "characters_per_token": 8 / 6, "tokens": 6, "words": 3}
+        "tokens_per_word": 2.0,
+        "bytes_per_token": 22 / 6,
+        "characters_per_token": 8 / 6,
+        "tokens": 6,
+        "words": 3,
+    }
 
 
 def test_merge_appends_below_regular_merges_and_keeps_sentinels_last():
@@ -79,7 +83,7 @@ def test_merge_appends_below_regular_merges_and_keeps_sentinels_last():
     pieces = [p.piece for p in merged.pieces]
     assert len(pieces) == len(set(pieces)) and pieces[: len(base.pieces)] == [p.piece for p in base.pieces]
     regular = min(p.score for p in base.pieces if len(p.piece) > 1 and p.score > -1e6)
-    new_scores = [p.score for p in merged.pieces[len(base.pieces):]]
+    new_scores = [p.score for p in merged.pieces[len(base.pieces) :]]
     assert all(-1e9 < s < regular for s in new_scores) and new_scores == sorted(new_scores, reverse=True)
     assert len(set(new_scores)) == len(new_scores)
 
@@ -119,7 +123,7 @@ def test_new_rows_start_at_the_mean_of_their_base_pieces(base_tokenizer_dir, ext
     assert torch.allclose(weight_in[new_ids[0]], before_in[pieces].mean(0))
     if not tie:
         assert torch.allclose(weight_out[new_ids[0]], before_out[pieces].mean(0))
-    assert (weight_in[len(base):].norm(dim=1) > 0).all()
+    assert (weight_in[len(base) :].norm(dim=1) > 0).all()
 
 
 def test_a_tokenizer_that_is_not_an_extension_is_refused(base_tokenizer_dir):
@@ -147,6 +151,7 @@ def _shuffled(tokenizer):
 
 # byte-level BPE (Llama-3, Qwen, GPT style) ---------------------------------------------------------------------
 
+
 def test_byte_level_bpe_extension_adds_reachable_tokens_and_keeps_base_ids():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -158,19 +163,27 @@ def test_byte_level_bpe_extension_adds_reachable_tokens_and_keeps_base_ids():
     base = Tokenizer(models.BPE())
     base.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     base.decoder = decoders.ByteLevel()
-    base.train_from_iterator(english, trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>", "</s>"],
-                                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                                          show_progress=False))
+    base.train_from_iterator(
+        english,
+        trainers.BpeTrainer(
+            vocab_size=400,
+            special_tokens=["<s>", "</s>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
     trained = bytelevel.train(hindi * 3, 300, base)
     extended, added = bytelevel.extend(base, trained, hindi)
     assert added and all(extended.get_vocab()[t] >= base.get_vocab_size() for t in added)
     assert all(extended.get_vocab()[t] == i for t, i in base.get_vocab().items())  # base and special ids stay
     for line in hindi + english:
         assert extended.decode(extended.encode(line).ids) == line
-    assert sum(len(extended.encode(line).ids) for line in hindi) < 0.5 * sum(len(base.encode(line).ids) for line in hindi)
+    assert sum(len(extended.encode(line).ids) for line in hindi) < 0.5 * sum(
+        len(base.encode(line).ids) for line in hindi
+    )
     produced = {extended.id_to_token(i) for line in hindi for i in extended.encode(line).ids}
     reachable = produced & set(added)
-    for a, b in reversed(json.loads(extended.to_str())["model"]["merges"][-len(added):]):
+    for a, b in reversed(json.loads(extended.to_str())["model"]["merges"][-len(added) :]):
         if a + b in reachable:  # the halves a produced token is built from are reached on the way
             reachable.update({a, b} & set(added))
     assert reachable == set(added) and len(produced & set(added)) >= 0.8 * len(added)
@@ -189,12 +202,23 @@ def test_new_rows_are_the_same_when_the_model_is_sharded_by_zero3(base_tokenizer
         with socket.socket() as probe:  # a free port for the single-rank gloo group
             probe.bind(("127.0.0.1", 0))
             port = str(probe.getsockname()[1])
-        done = subprocess.run([sys.executable, "tests/zero3_resize.py", str(tmp_path / "model"), str(base_tokenizer_dir),
-                               str(extended_tokenizer_dir), port, zero3], capture_output=True, text=True,
-                              env={**os.environ, "DS_ACCELERATOR": "cpu"})
+        done = subprocess.run(
+            [
+                sys.executable,
+                "tests/zero3_resize.py",
+                str(tmp_path / "model"),
+                str(base_tokenizer_dir),
+                str(extended_tokenizer_dir),
+                port,
+                zero3,
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "DS_ACCELERATOR": "cpu"},
+        )
         line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
         assert line, done.stderr[-3000:]
-        results[zero3] = json.loads(line[len("RESULT "):])
+        results[zero3] = json.loads(line[len("RESULT ") :])
     assert results["1"]["partitioned"] and not results["0"]["partitioned"]
     assert results["0"]["new_ids"] == results["1"]["new_ids"] and results["0"]["new_ids"]
     for layer in ("input", "output"):
@@ -205,8 +229,14 @@ def test_new_rows_are_the_same_when_the_model_is_sharded_by_zero3(base_tokenizer
 def test_pieces_per_language_trains_each_language_its_own_pieces(prepared_sample, base_tokenizer_dir, tmp_path):
     from indictune.training.tokenizer.build import TokenizerConfig, build
 
-    summary = build(TokenizerConfig(output_dir=str(tmp_path / "tok"), train_data=[str(prepared_sample[0])],
-                                    base_tokenizer=str(base_tokenizer_dir), pieces_per_language={"hi": 500, "tam_Taml": 500}))
+    summary = build(
+        TokenizerConfig(
+            output_dir=str(tmp_path / "tok"),
+            train_data=[str(prepared_sample[0])],
+            base_tokenizer=str(base_tokenizer_dir),
+            pieces_per_language={"hi": 500, "tam_Taml": 500},
+        )
+    )
     added = [entry["token"] for entry in json.loads((tmp_path / "tok" / "new_tokens.json").read_text())]
     scripts = {"Deva": 0, "Taml": 0}
     for token in added:
@@ -227,9 +257,14 @@ def test_plain_text_files_can_be_the_training_text(base_tokenizer_dir, tmp_path)
     from indictune.training.tokenizer.build import TokenizerConfig, build
 
     heldout = Path(__file__).resolve().parent.parent / "data" / "sample" / "heldout"
-    summary = build(TokenizerConfig(output_dir=str(tmp_path / "tok"), base_tokenizer=str(base_tokenizer_dir),
-                                    train_text={"hi": str(heldout / "hi.txt"), "ta": str(heldout / "ta.txt")},
-                                    vocab_size=700))
+    summary = build(
+        TokenizerConfig(
+            output_dir=str(tmp_path / "tok"),
+            base_tokenizer=str(base_tokenizer_dir),
+            train_text={"hi": str(heldout / "hi.txt"), "ta": str(heldout / "ta.txt")},
+            vocab_size=700,
+        )
+    )
     assert summary["added_tokens"] > 100 and set(summary["training_characters"]) == {"hi", "ta"}
     with pytest.raises(ValueError, match="nothing to train on"):
         build(TokenizerConfig(output_dir=str(tmp_path / "none")))

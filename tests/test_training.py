@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from conftest import tiny_llama
 from datasets import Dataset
 from peft import AutoPeftModelForCausalLM
 from transformers import AutoTokenizer
@@ -24,8 +25,6 @@ from indictune.core.hashing import folder_sha256
 from indictune.training import checkpoint
 from indictune.training.packing import PackedCollator, mix, pack, tokenize
 from indictune.training.throughput import flops_per_token
-
-from conftest import tiny_llama
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -48,8 +47,10 @@ def test_a_packed_batch_scores_each_document_as_if_alone(flatten):
     assert model.config.use_cache
     torch.manual_seed(1)
     docs = [torch.randint(3, 300, (n,)).tolist() for n in (7, 12, 5, 9, 4)]
-    rows = [{"input_ids": docs[0] + docs[1] + docs[2], "seq_lengths": [7, 12, 5]},
-            {"input_ids": docs[3] + docs[4], "seq_lengths": [9, 4]}]
+    rows = [
+        {"input_ids": docs[0] + docs[1] + docs[2], "seq_lengths": [7, 12, 5]},
+        {"input_ids": docs[3] + docs[4], "seq_lengths": [9, 4]},
+    ]
     batch = PackedCollator(pad_token_id=0, flatten=flatten)(rows)
     assert "attention_mask" not in batch
     labels = batch.pop("labels")
@@ -75,12 +76,37 @@ def test_tokenize_and_pack_keeps_every_token_and_closes_documents(extended_token
 
 def train_argv(tmp_path, prepared, base_dir, tokenizer_dir, *extra):
     return [
-        "--config", str(REPO / "recipes/train/demo/cpt-lora.yaml"),
-        "--model_name_or_path", str(base_dir), "--tokenizer_name_or_path", str(tokenizer_dir),
-        "--train_data", str(prepared), "--output_dir", str(tmp_path / "run"),
-        "--max_steps", "6", "--max_length", "128", "--per_device_train_batch_size", "4", "--logging_steps", "1",
-        "--lora_r", "8", "--lora_alpha", "16", "--learning_rate", "5e-3", "--warmup_steps", "0",
-        "--report_to", "none", "--disable_tqdm", "true", *extra,
+        "--config",
+        str(REPO / "recipes/train/demo/cpt-lora.yaml"),
+        "--model_name_or_path",
+        str(base_dir),
+        "--tokenizer_name_or_path",
+        str(tokenizer_dir),
+        "--train_data",
+        str(prepared),
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--max_steps",
+        "6",
+        "--max_length",
+        "128",
+        "--per_device_train_batch_size",
+        "4",
+        "--logging_steps",
+        "1",
+        "--lora_r",
+        "8",
+        "--lora_alpha",
+        "16",
+        "--learning_rate",
+        "5e-3",
+        "--warmup_steps",
+        "0",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        *extra,
     ]
 
 
@@ -118,11 +144,24 @@ def test_lora_with_new_rows_trains_saves_and_reloads_to_the_same_logits(
 
 def test_full_training_from_a_config(tmp_path, prepared_sample, base_tokenizer_dir):
     train = load_train_script()
-    trainer = train.main([
-        "--config", str(REPO / "recipes/train/demo/base-pretrain.yaml"),
-        "--tokenizer_name_or_path", str(base_tokenizer_dir), "--train_data", str(prepared_sample[0]),
-        "--output_dir", str(tmp_path / "base"), "--max_steps", "3", "--report_to", "none", "--disable_tqdm", "true",
-    ])
+    trainer = train.main(
+        [
+            "--config",
+            str(REPO / "recipes/train/demo/base-pretrain.yaml"),
+            "--tokenizer_name_or_path",
+            str(base_tokenizer_dir),
+            "--train_data",
+            str(prepared_sample[0]),
+            "--output_dir",
+            str(tmp_path / "base"),
+            "--max_steps",
+            "3",
+            "--report_to",
+            "none",
+            "--disable_tqdm",
+            "true",
+        ]
+    )
     assert all(p.requires_grad for p in trainer.model.parameters())
     assert (tmp_path / "base" / "model.safetensors").is_file() and (tmp_path / "base" / "tokenizer.json").is_file()
     assert json.loads((tmp_path / "base" / "lineage.json").read_text())["base_weights_sha256"] is None  # no base
@@ -139,14 +178,25 @@ def losses_by_step(history) -> dict[int, float]:
 
 
 @pytest.mark.parametrize("mode", ["new_rows", "full"])
-def test_tied_embeddings_train_as_one_and_reload(mode, tmp_path, prepared_sample, base_tokenizer_dir,
-                                                 extended_tokenizer_dir):
+def test_tied_embeddings_train_as_one_and_reload(
+    mode, tmp_path, prepared_sample, base_tokenizer_dir, extended_tokenizer_dir
+):
     tokenizer = AutoTokenizer.from_pretrained(base_tokenizer_dir)
     base = tmp_path / "tied-base"
     tiny_llama(len(tokenizer), tie=True).save_pretrained(base)
     tokenizer.save_pretrained(base)
-    trainer = load_train_script().main(train_argv(tmp_path, prepared_sample[0], base, extended_tokenizer_dir,
-                                                  "--trainable_embeddings", mode, "--max_steps", "3"))
+    trainer = load_train_script().main(
+        train_argv(
+            tmp_path,
+            prepared_sample[0],
+            base,
+            extended_tokenizer_dir,
+            "--trainable_embeddings",
+            mode,
+            "--max_steps",
+            "3",
+        )
+    )
     model = trainer.model.eval()
     ids = torch.tensor([AutoTokenizer.from_pretrained(extended_tokenizer_dir)("तमिल और हिंदी")["input_ids"]])
     with torch.no_grad():
@@ -156,19 +206,34 @@ def test_tied_embeddings_train_as_one_and_reload(mode, tmp_path, prepared_sample
         assert torch.allclose(merged(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-4)
 
 
-def test_a_killed_run_resumes_on_the_same_loss_curve(tmp_path, prepared_sample, tiny_base_dir, extended_tokenizer_dir,
-                                                     capsys):
-    argv = train_argv(tmp_path, prepared_sample[0], tiny_base_dir, extended_tokenizer_dir,
-                      "--max_steps", "24", "--save_strategy", "steps", "--save_steps", "4", "--lora_dropout", "0.1")
-    uninterrupted = load_train_script().main(argv[:argv.index("--output_dir") + 1] + [str(tmp_path / "whole")]
-                                             + argv[argv.index("--output_dir") + 2:])
+def test_a_killed_run_resumes_on_the_same_loss_curve(
+    tmp_path, prepared_sample, tiny_base_dir, extended_tokenizer_dir, capsys
+):
+    argv = train_argv(
+        tmp_path,
+        prepared_sample[0],
+        tiny_base_dir,
+        extended_tokenizer_dir,
+        "--max_steps",
+        "24",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "4",
+        "--lora_dropout",
+        "0.1",
+    )
+    uninterrupted = load_train_script().main(
+        argv[: argv.index("--output_dir") + 1] + [str(tmp_path / "whole")] + argv[argv.index("--output_dir") + 2 :]
+    )
     expected = losses_by_step(uninterrupted.state.log_history)
     assert len(expected) == 24
 
     # The same run as a process of its own, killed as soon as its first checkpoint is on disk with its recipe.
     run = tmp_path / "run"
-    process = subprocess.Popen([sys.executable, "scripts/train.py", *argv], cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "scripts/train.py", *argv], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     while not list(run.glob("checkpoint-*/recipe.yaml")) and process.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -197,8 +262,18 @@ def test_a_changed_recipe_is_not_resumed_unless_asked_and_then_recorded(
     from safetensors.torch import load_file
 
     train = load_train_script()
-    argv = train_argv(tmp_path, prepared_sample[0], tiny_base_dir, extended_tokenizer_dir,
-                      "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2")
+    argv = train_argv(
+        tmp_path,
+        prepared_sample[0],
+        tiny_base_dir,
+        extended_tokenizer_dir,
+        "--max_steps",
+        "4",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "2",
+    )
     train.main(argv)
     run = tmp_path / "run"
     adapter = load_file(str(run / "adapter_model.safetensors"))
@@ -209,7 +284,10 @@ def test_a_changed_recipe_is_not_resumed_unless_asked_and_then_recorded(
     capsys.readouterr()
     again = train.main(argv)
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0] == f"{run}/checkpoint-4 (step 4) already finished training; nothing to train: its weights become the outputs"
+    assert (
+        printed[0]
+        == f"{run}/checkpoint-4 (step 4) already finished training; nothing to train: its weights become the outputs"
+    )
     assert printed[-1] == f"trained 0 steps; saved to {run}"
     assert again.state.global_step == 4
     assert all(torch.equal(v, load_file(str(run / "adapter_model.safetensors"))[k]) for k, v in adapter.items())
@@ -219,8 +297,9 @@ def test_a_changed_recipe_is_not_resumed_unless_asked_and_then_recorded(
     with pytest.raises(SystemExit) as refused:
         train.main(argv + ["--learning_rate", "1e-3"])
     message = str(refused.value)
-    assert message.startswith(f"error: {run}/checkpoint-4 was trained differently from this run: "
-                              "learning_rate is 0.005 there, 0.001 now.")
+    assert message.startswith(
+        f"error: {run}/checkpoint-4 was trained differently from this run: learning_rate is 0.005 there, 0.001 now."
+    )
     assert f"pass --resume_from_checkpoint {run}/checkpoint-4" in message and "choose a new output_dir" in message
     assert {name: (run / name).read_bytes() for name in before} == before
 
@@ -228,10 +307,15 @@ def test_a_changed_recipe_is_not_resumed_unless_asked_and_then_recorded(
     capsys.readouterr()
     resumed = train.main(argv + ["--learning_rate", "1e-3", "--resume_from_checkpoint", str(run / "checkpoint-2")])
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0] == f"resuming from {run}/checkpoint-2 (step 2) as asked, with changes: learning_rate: 0.005 -> 0.001"
+    assert (
+        printed[0] == f"resuming from {run}/checkpoint-2 (step 2) as asked, with changes: learning_rate: 0.005 -> 0.001"
+    )
     assert printed[-1] == f"trained 2 steps; saved to {run}" and resumed.state.global_step == 4
-    expected = {"checkpoint": str(run / "checkpoint-2"), "step": 2,
-                "changed": {"learning_rate": {"checkpoint": 5e-3, "now": 1e-3}}}
+    expected = {
+        "checkpoint": str(run / "checkpoint-2"),
+        "step": 2,
+        "changed": {"learning_rate": {"checkpoint": 5e-3, "now": 1e-3}},
+    }
     for folder in (run, run / "checkpoint-4"):
         assert json.loads((folder / "lineage.json").read_text())["resumed_from"] == expected
         assert yaml.safe_load((folder / "recipe.yaml").read_text())["learning_rate"] == 1e-3
@@ -247,15 +331,25 @@ def write_checkpoint(folder: Path, recipe: dict | None, lineage: dict | None, st
 
 def test_resuming_compares_everything_that_changes_training_and_nothing_else(tmp_path):
     recipe = {"learning_rate": 1e-3, "seed": 42, "output_dir": str(tmp_path), "logging_steps": 10, "save_steps": 4}
-    lineage = {"base_weights_sha256": "b" * 64, "tokenizer_sha256": "t" * 64, "world_size": 1,
-               "data": [{"file": "corpus/hi.parquet", "sha256": "d" * 64}], "code_commit": "abc"}
+    lineage = {
+        "base_weights_sha256": "b" * 64,
+        "tokenizer_sha256": "t" * 64,
+        "world_size": 1,
+        "data": [{"file": "corpus/hi.parquet", "sha256": "d" * 64}],
+        "code_commit": "abc",
+    }
     write_checkpoint(tmp_path / "checkpoint-4", recipe, lineage)
     (tmp_path / "checkpoint-6").mkdir()  # cut off before trainer_state.json
 
     # Where outputs, logs and checkpoints go changes nothing trained, nor does the code commit.
     moved = {**recipe, "output_dir": "elsewhere", "logging_steps": 1, "save_steps": 2}
     resume = checkpoint.plan_resume(str(tmp_path), None, moved, {**lineage, "code_commit": "def"})
-    assert (resume.checkpoint, resume.step, resume.changed, resume.finished) == (str(tmp_path / "checkpoint-4"), 4, {}, False)
+    assert (resume.checkpoint, resume.step, resume.changed, resume.finished) == (
+        str(tmp_path / "checkpoint-4"),
+        4,
+        {},
+        False,
+    )
     assert resume.announcement().endswith(f"; skipped {tmp_path / 'checkpoint-6'}: incomplete, cut off while saving")
 
     changes = {
@@ -264,7 +358,10 @@ def test_resuming_compares_everything_that_changes_training_and_nothing_else(tmp
         "base_weights_sha256": (recipe, {**lineage, "base_weights_sha256": "c" * 64}),
         "tokenizer_sha256": (recipe, {**lineage, "tokenizer_sha256": "u" * 64}),
         "world_size": (recipe, {**lineage, "world_size": 8}),
-        "sha256 of corpus/hi.parquet": (recipe, {**lineage, "data": [{"file": "corpus/hi.parquet", "sha256": "e" * 64}]}),
+        "sha256 of corpus/hi.parquet": (
+            recipe,
+            {**lineage, "data": [{"file": "corpus/hi.parquet", "sha256": "e" * 64}]},
+        ),
     }
     for key, (recipe_now, lineage_now) in changes.items():
         with pytest.raises(checkpoint.RecipeChanged, match=f"{key} is "):
@@ -297,8 +394,18 @@ def test_merged_model_equals_the_trained_adapter_and_carries_its_lineage(
     handler.emit = warned.append
     logging.getLogger("transformers").addHandler(handler)
     try:
-        trainer = load_train_script().main(train_argv(tmp_path, prepared_sample[0], tiny_base_dir,
-                                                      extended_tokenizer_dir, "--max_steps", "2", "--merge_adapter", "true"))
+        trainer = load_train_script().main(
+            train_argv(
+                tmp_path,
+                prepared_sample[0],
+                tiny_base_dir,
+                extended_tokenizer_dir,
+                "--max_steps",
+                "2",
+                "--merge_adapter",
+                "true",
+            )
+        )
     finally:
         logging.getLogger("transformers").removeHandler(handler)
     assert not [r for r in warned if "multivariate normal" in r.getMessage()]  # the new rows are not drawn at random
@@ -307,7 +414,9 @@ def test_merged_model_equals_the_trained_adapter_and_carries_its_lineage(
     lineage = json.loads((out / "lineage.json").read_text())
     merged_lineage = json.loads((merged / "lineage.json").read_text())
     assert merged_lineage.pop("merged_from_adapter") == str(out)
-    assert {k: v for k, v in merged_lineage.items() if k != "created"} == {k: v for k, v in lineage.items() if k != "created"}
+    assert {k: v for k, v in merged_lineage.items() if k != "created"} == {
+        k: v for k, v in lineage.items() if k != "created"
+    }
     assert (merged / "recipe.yaml").read_text() == (out / "recipe.yaml").read_text()
 
     tokenizer = AutoTokenizer.from_pretrained(merged)
@@ -318,15 +427,28 @@ def test_merged_model_equals_the_trained_adapter_and_carries_its_lineage(
         assert torch.allclose(reloaded(input_ids=ids).logits, trainer.model.eval()(input_ids=ids).logits, atol=1e-4)
 
 
-def test_gradient_accumulation_matches_one_large_batch(tmp_path, prepared_sample, tiny_base_dir, extended_tokenizer_dir):
+def test_gradient_accumulation_matches_one_large_batch(
+    tmp_path, prepared_sample, tiny_base_dir, extended_tokenizer_dir
+):
     def run(name, batch, accumulate):
-        argv = train_argv(tmp_path / name, prepared_sample[0], tiny_base_dir, extended_tokenizer_dir,
-                          "--max_steps", "3", "--per_device_train_batch_size", str(batch),
-                          "--gradient_accumulation_steps", str(accumulate))
+        argv = train_argv(
+            tmp_path / name,
+            prepared_sample[0],
+            tiny_base_dir,
+            extended_tokenizer_dir,
+            "--max_steps",
+            "3",
+            "--per_device_train_batch_size",
+            str(batch),
+            "--gradient_accumulation_steps",
+            str(accumulate),
+        )
         return load_train_script().main(argv)
 
     whole, accumulated = run("whole", 8, 1), run("accumulated", 2, 4)
-    assert losses_by_step(whole.state.log_history) == pytest.approx(losses_by_step(accumulated.state.log_history), abs=1e-3)
+    assert losses_by_step(whole.state.log_history) == pytest.approx(
+        losses_by_step(accumulated.state.log_history), abs=1e-3
+    )
     for (name, a), (_, b) in zip(whole.model.named_parameters(), accumulated.model.named_parameters()):
         if a.requires_grad:  # summed in another order, after three Adam steps: ~1e-5 apart, far below a step (5e-3)
             assert torch.allclose(a, b, atol=5e-5), name
@@ -334,11 +456,13 @@ def test_gradient_accumulation_matches_one_large_batch(tmp_path, prepared_sample
 
 def test_languages_mix_by_temperature_with_an_english_replay_share():
     lengths = {"hi": [100] * 80, "ta": [100] * 15, "en": [100] * 5}
-    docs = Dataset.from_dict({
-        "input_ids": [[1] * n for lang in lengths for n in lengths[lang]],
-        "lang": [lang for lang in lengths for _ in lengths[lang]],
-        "length": [n for lang in lengths for n in lengths[lang]],
-    })
+    docs = Dataset.from_dict(
+        {
+            "input_ids": [[1] * n for lang in lengths for n in lengths[lang]],
+            "lang": [lang for lang in lengths for _ in lengths[lang]],
+            "length": [n for lang in lengths for n in lengths[lang]],
+        }
+    )
     natural, mixture = mix(docs, temperature=1.0, replay_fraction=None, seed=0)
     assert len(natural) == 100 and {k: v["share"] for k, v in mixture.items()} == {"en": 0.05, "hi": 0.8, "ta": 0.15}
 
@@ -379,19 +503,44 @@ def test_packed_data_is_built_once_and_keyed_by_what_it_depends_on(
     assert packing.cache_key(args, training_args, base) != path.name
 
 
-def test_sft_trains_assistant_turns_and_the_new_rows_of_the_output_layer(tmp_path, tiny_base_dir, extended_tokenizer_dir):
+def test_sft_trains_assistant_turns_and_the_new_rows_of_the_output_layer(
+    tmp_path, tiny_base_dir, extended_tokenizer_dir
+):
     chat = tmp_path / "chat.jsonl"
-    bad = [{"messages": [{"role": "user", "content": "अकेला सवाल"}]},
-           {"messages": [{"role": "narrator", "content": "x"}, {"role": "assistant", "content": "y"}]}]
-    chat.write_text((REPO / "data/sample/chat/chat.jsonl").read_text()
-                    + "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in bad))
-    trainer = load_train_script().main([
-        "--config", str(REPO / "recipes/train/demo/sft-lora.yaml"),
-        "--model_name_or_path", str(tiny_base_dir), "--tokenizer_name_or_path", str(extended_tokenizer_dir),
-        "--train_data", str(chat), "--output_dir", str(tmp_path / "sft"), "--max_steps", "6",
-        "--lora_r", "8", "--learning_rate", "5e-3", "--logging_steps", "1", "--report_to", "none",
-        "--disable_tqdm", "true",
-    ])
+    bad = [
+        {"messages": [{"role": "user", "content": "अकेला सवाल"}]},
+        {"messages": [{"role": "narrator", "content": "x"}, {"role": "assistant", "content": "y"}]},
+    ]
+    chat.write_text(
+        (REPO / "data/sample/chat/chat.jsonl").read_text()
+        + "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in bad)
+    )
+    trainer = load_train_script().main(
+        [
+            "--config",
+            str(REPO / "recipes/train/demo/sft-lora.yaml"),
+            "--model_name_or_path",
+            str(tiny_base_dir),
+            "--tokenizer_name_or_path",
+            str(extended_tokenizer_dir),
+            "--train_data",
+            str(chat),
+            "--output_dir",
+            str(tmp_path / "sft"),
+            "--max_steps",
+            "6",
+            "--lora_r",
+            "8",
+            "--learning_rate",
+            "5e-3",
+            "--logging_steps",
+            "1",
+            "--report_to",
+            "none",
+            "--disable_tqdm",
+            "true",
+        ]
+    )
     out = tmp_path / "sft"
     lineage = json.loads((out / "lineage.json").read_text())
     assert lineage["stage"] == "sft" and lineage["chat_records"] == 12
@@ -413,11 +562,23 @@ def test_sft_trains_assistant_turns_and_the_new_rows_of_the_output_layer(tmp_pat
         assert torch.allclose(reloaded(input_ids=ids).logits, trainer.model.eval()(input_ids=ids).logits, atol=1e-5)
 
 
-def test_embedding_rows_get_their_own_learning_rate_and_throughput_is_logged(tmp_path, prepared_sample, tiny_base_dir, extended_tokenizer_dir):
+def test_embedding_rows_get_their_own_learning_rate_and_throughput_is_logged(
+    tmp_path, prepared_sample, tiny_base_dir, extended_tokenizer_dir
+):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    argv = train_argv(tmp_path, prepared_sample[0], tiny_base_dir, extended_tokenizer_dir, "--max_steps", "1",
-                      "--embedding_learning_rate", "1e-4", "--lr_scheduler_type", "constant")
+    argv = train_argv(
+        tmp_path,
+        prepared_sample[0],
+        tiny_base_dir,
+        extended_tokenizer_dir,
+        "--max_steps",
+        "1",
+        "--embedding_learning_rate",
+        "1e-4",
+        "--lr_scheduler_type",
+        "constant",
+    )
     argv[argv.index("--report_to") + 1] = "tensorboard"
     trainer = load_train_script().main(argv)
     names = {id(p): n for n, p in trainer.model.named_parameters()}
@@ -438,8 +599,9 @@ def test_a_saved_adapter_that_lost_its_weights_fails_the_check(
 ):
     from safetensors.torch import load_file, save_file
 
-    trainer = load_train_script().main(train_argv(tmp_path, prepared_sample[0], tiny_base_dir, extended_tokenizer_dir,
-                                                  "--max_steps", "2"))
+    trainer = load_train_script().main(
+        train_argv(tmp_path, prepared_sample[0], tiny_base_dir, extended_tokenizer_dir, "--max_steps", "2")
+    )
     out = tmp_path / "run"
     assert checkpoint.verify_saved_adapter(trainer.model, str(out), True) > 0
     saved = load_file(str(out / "adapter_model.safetensors"))
@@ -451,15 +613,89 @@ def test_a_saved_adapter_that_lost_its_weights_fails_the_check(
 
 def test_untrained_new_rows_are_refused(tmp_path, prepared_sample, tiny_base_dir, extended_tokenizer_dir):
     with pytest.raises(SystemExit, match="trainable_embeddings: none would leave"):
-        load_train_script().main(train_argv(tmp_path, prepared_sample[0], tiny_base_dir, extended_tokenizer_dir,
-                                            "--trainable_embeddings", "none"))
+        load_train_script().main(
+            train_argv(
+                tmp_path, prepared_sample[0], tiny_base_dir, extended_tokenizer_dir, "--trainable_embeddings", "none"
+            )
+        )
+
+
+def test_the_library_raises_typed_errors_and_the_scripts_exit_with_them(tmp_path, tiny_base_dir):
+    from indictune.core.recipe import RecipeError
+    from indictune.training import config, model
+
+    recipe = str(REPO / "recipes/train/demo/cpt-lora.yaml")
+    argv = ["--config", recipe, "--replay_fraction", "1.5"]
+    expected = f"{recipe}: replay_fraction must be between 0 and 1, got 1.5"
+    with pytest.raises(RecipeError) as raised:
+        config.parse(argv)
+    assert str(raised.value) == expected
+    for script in ("train", "pack_data"):
+        spec = importlib.util.spec_from_file_location(script, REPO / "scripts" / f"{script}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        with pytest.raises(SystemExit) as exited:
+            module.main(argv)
+        assert str(exited.value) == f"error: {expected}"
+
+    args, training_args, model_args = config.parse(
+        [
+            "--config",
+            recipe,
+            "--model_name_or_path",
+            str(tiny_base_dir),
+            "--trainable_embeddings",
+            "full",
+            "--trainable_tokens",
+            "<s>",
+        ]
+    )
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base_dir)
+    with pytest.raises(model.TrainingSetupError, match=r"^trainable_tokens needs trainable_embeddings: new_rows"):
+        model.lora_config(model_args, args, tiny_llama(len(tokenizer)), tokenizer, [])
+
+
+def test_importing_the_model_set_up_leaves_peft_alone_until_asked():
+    probe = (
+        "from peft.tuners.trainable_tokens.layer import TrainableTokensLayer as Layer\n"
+        "peft_own = Layer._collect_token_weights\n"
+        "from indictune.training import model\n"
+        "assert Layer._collect_token_weights is peft_own\n"
+        "model.patch_trainable_tokens_for_cpu()\n"
+        "model.patch_trainable_tokens_for_cpu()\n"
+        "import torch\n"
+        "patched = Layer._collect_token_weights is model._collect_token_rows_on_any_device\n"
+        "assert patched != torch.cuda.is_available(), patched\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_only_the_main_process_logs_progress_and_every_process_warns(capsys):
+    from indictune.core.log import get_logger, setup_logging
+
+    logger = get_logger("tests")
+    setup_logging(main_process=False)
+    logger.info("progress on another rank")
+    logger.warning("a warning on another rank")
+    setup_logging(main_process=True)  # again: the handler is replaced, not added twice
+    logger.info("progress")
+    get_logger("indictune.training.tests").info("a library's progress")
+    assert capsys.readouterr().out.splitlines() == ["a warning on another rank", "progress", "a library's progress"]
 
 
 def test_flops_per_token_follow_torchtitan_for_llama_3_1_8b():
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    config = LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                         num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=128256,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        tie_word_embeddings=False,
+    )
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     non_embedding = sum(p.numel() for p in model.parameters()) - 128256 * 4096
@@ -470,8 +706,14 @@ def test_flops_per_token_follow_torchtitan_for_llama_3_1_8b():
 
 
 MODEL_RECIPES = sorted(p for p in (REPO / "recipes/train").rglob("*.yaml") if p.parent.name != "demo")
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            max_position_embeddings=512)
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+)
 
 
 def tiny_model_like(family: str, tokenizer):
@@ -481,7 +723,9 @@ def tiny_model_like(family: str, tokenizer):
     torch.manual_seed(0)
     tiny = {**TINY, "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
     if family.startswith("gemma-2"):
-        config = Gemma2Config(vocab_size=len(tokenizer), head_dim=16, query_pre_attn_scalar=16, sliding_window=32, **tiny)
+        config = Gemma2Config(
+            vocab_size=len(tokenizer), head_dim=16, query_pre_attn_scalar=16, sliding_window=32, **tiny
+        )
     else:
         kind = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2.5": Qwen2Config}[family.split("-")[0]]
         config = kind(vocab_size=len(tokenizer), tie_word_embeddings=False, **tiny)
@@ -506,10 +750,34 @@ def test_each_model_recipe_trains_on_a_tiny_model_of_its_architecture(
     base = tmp_path / "base"
     tiny_model_like(recipe.parent.name, tokenizer).save_pretrained(base)
     tokenizer.save_pretrained(base)
-    argv = ["--config", str(recipe), "--model_name_or_path", str(base), "--output_dir", str(tmp_path / "out"),
-            "--max_steps", "2", "--max_length", "64", "--per_device_train_batch_size", "2",
-            "--gradient_accumulation_steps", "1", "--bf16", "false", "--dtype", "float32", "--report_to", "none",
-            "--save_strategy", "no", "--disable_tqdm", "true", "--logging_steps", "1"]
+    argv = [
+        "--config",
+        str(recipe),
+        "--model_name_or_path",
+        str(base),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--max_steps",
+        "2",
+        "--max_length",
+        "64",
+        "--per_device_train_batch_size",
+        "2",
+        "--gradient_accumulation_steps",
+        "1",
+        "--bf16",
+        "false",
+        "--dtype",
+        "float32",
+        "--report_to",
+        "none",
+        "--save_strategy",
+        "no",
+        "--disable_tqdm",
+        "true",
+        "--logging_steps",
+        "1",
+    ]
     if settings["stage"] == "sft":
         argv += ["--train_data", str(REPO / "data/sample/chat/chat.jsonl")]
     else:
@@ -539,14 +807,36 @@ def test_sft_refuses_chat_tokens_a_base_model_never_trained(tmp_path, base_token
     base = tmp_path / "base"
     model.save_pretrained(base)
     tokenizer.save_pretrained(base)
-    argv = ["--config", str(REPO / "recipes/train/llama-3.1-8b/hindi-sft.yaml"), "--model_name_or_path", str(base),
-            "--train_data", str(REPO / "data/sample/chat/chat.jsonl"), "--output_dir", str(tmp_path / "sft"),
-            "--max_steps", "1", "--bf16", "false", "--dtype", "float32", "--activation_checkpointing", "false",
-            "--report_to", "none", "--disable_tqdm", "true", "--per_device_train_batch_size", "2"]
+    argv = [
+        "--config",
+        str(REPO / "recipes/train/llama-3.1-8b/hindi-sft.yaml"),
+        "--model_name_or_path",
+        str(base),
+        "--train_data",
+        str(REPO / "data/sample/chat/chat.jsonl"),
+        "--output_dir",
+        str(tmp_path / "sft"),
+        "--max_steps",
+        "1",
+        "--bf16",
+        "false",
+        "--dtype",
+        "float32",
+        "--activation_checkpointing",
+        "false",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--per_device_train_batch_size",
+        "2",
+    ]
     recipe = REPO / "recipes/train/llama-3.1-8b/hindi-sft.yaml"
     without = tmp_path / "without-trainable-tokens.yaml"
     without.write_text("".join(line for line in recipe.read_text().splitlines(True) if "trainable_tokens" not in line))
-    with pytest.raises(SystemExit, match=r"never trained: \['<\|start_header_id\|>', '<\|end_header_id\|>', '<\|eot_id\|>'\]"):
+    with pytest.raises(
+        SystemExit, match=r"never trained: \['<\|start_header_id\|>', '<\|end_header_id\|>', '<\|eot_id\|>'\]"
+    ):
         load_train_script().main(["--config", str(without), *argv[2:]])
     trainer = load_train_script().main(argv)  # the recipe lists them in trainable_tokens
     assert trainer.state.global_step == 1

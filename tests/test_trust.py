@@ -11,6 +11,7 @@ import shutil
 import stat
 
 import pytest
+from conftest import lora_adapter, tiny_llama, write_copa
 from transformers import AutoTokenizer
 
 from indictune.core.recipe import RecipeError, build
@@ -18,8 +19,6 @@ from indictune.eval import leaderboard, store
 from indictune.eval.metrics import out_of_range
 from indictune.eval.suite import EvalConfig, EvalError, TaskRun, evaluate
 from indictune.eval.tasks import Task, chunks, load_task
-
-from conftest import lora_adapter, tiny_llama, write_copa
 
 
 def bits(run: dict, lang: str = "hi") -> float:
@@ -29,8 +28,13 @@ def bits(run: dict, lang: str = "hi") -> float:
 def test_weights_rewritten_in_place_with_the_mtime_restored_are_scored_afresh(tmp_path, long_base_dir):
     model_dir = tmp_path / "checkpoint"
     shutil.copytree(long_base_dir, model_dir)
-    config = EvalConfig(tasks=["sample-heldout"], languages=["hi"], model=str(model_dir),
-                        output_dir=str(tmp_path / "eval"), db=str(tmp_path / "lb.sqlite"))
+    config = EvalConfig(
+        tasks=["sample-heldout"],
+        languages=["hi"],
+        model=str(model_dir),
+        output_dir=str(tmp_path / "eval"),
+        db=str(tmp_path / "lb.sqlite"),
+    )
     first = evaluate(config)["runs"][0]
 
     # Other weights of the same size written over the same file (same inode), its times put back (touch -r).
@@ -65,10 +69,16 @@ def test_a_tokenizer_that_encodes_nothing_records_no_score(tmp_path):
 
     # Three pieces and no unknown token: every text encodes to [] (a SentencePiece file read the wrong way).
     empty = Tokenizer(models.BPE(vocab={"<unk>": 0, "<s>": 1, "</s>": 2}, merges=[]))
-    empty_dir = save_with_tokenizer(tmp_path, "empty", PreTrainedTokenizerFast(
-        tokenizer_object=empty, bos_token="<s>", eos_token="</s>"))
-    config = EvalConfig(tasks=["sample-heldout"], languages=["hi"], model=str(empty_dir),
-                        output_dir=str(tmp_path / "eval"), db=str(tmp_path / "lb.sqlite"))
+    empty_dir = save_with_tokenizer(
+        tmp_path, "empty", PreTrainedTokenizerFast(tokenizer_object=empty, bos_token="<s>", eos_token="</s>")
+    )
+    config = EvalConfig(
+        tasks=["sample-heldout"],
+        languages=["hi"],
+        model=str(empty_dir),
+        output_dir=str(tmp_path / "eval"),
+        db=str(tmp_path / "lb.sqlite"),
+    )
     with pytest.raises(EvalError, match=rf"{empty_dir}, task sample-heldout \(hi\): .* encode to no tokens"):
         evaluate(config)
     assert not (tmp_path / "lb.sqlite").exists() or store.latest_runs(config.db) == []
@@ -76,8 +86,11 @@ def test_a_tokenizer_that_encodes_nothing_records_no_score(tmp_path):
     # Words it does not know become <unk>: tokens that do not give the text back.
     unknown = Tokenizer(models.WordLevel({"<unk>": 0, "<s>": 1, "</s>": 2, "the": 3}, unk_token="<unk>"))
     unknown.pre_tokenizer = pre_tokenizers.Whitespace()
-    unknown_dir = save_with_tokenizer(tmp_path, "unknown", PreTrainedTokenizerFast(
-        tokenizer_object=unknown, bos_token="<s>", eos_token="</s>", unk_token="<unk>"))
+    unknown_dir = save_with_tokenizer(
+        tmp_path,
+        "unknown",
+        PreTrainedTokenizerFast(tokenizer_object=unknown, bos_token="<s>", eos_token="</s>", unk_token="<unk>"),
+    )
     with pytest.raises(EvalError, match=r"task sample-heldout \(hi\): .* do not decode back .*<unk>"):
         evaluate(EvalConfig(**{**config.__dict__, "model": str(unknown_dir)}))
 
@@ -102,10 +115,20 @@ def two_bases(tmp_path, long_base_dir):
 
 def test_an_adapter_on_another_base_is_refused_unless_allowed_and_then_shown(tmp_path, two_bases):
     trained_on, other, adapter = two_bases
-    config = EvalConfig(tasks=["sample-heldout"], languages=["hi", "en"], model=str(other), adapter=[str(adapter)],
-                        output_dir=str(tmp_path / "eval"), db=str(tmp_path / "lb.sqlite"), bootstrap_samples=100)
-    with pytest.raises(EvalError, match=rf"adapter {adapter} was trained on {trained_on} .*not on {other}.*"
-                                        "--allow_base_mismatch"):
+    config = EvalConfig(
+        tasks=["sample-heldout"],
+        languages=["hi", "en"],
+        model=str(other),
+        adapter=[str(adapter)],
+        output_dir=str(tmp_path / "eval"),
+        db=str(tmp_path / "lb.sqlite"),
+        bootstrap_samples=100,
+    )
+    with pytest.raises(
+        EvalError,
+        match=rf"adapter {adapter} was trained on {trained_on} .*not on {other}.*"
+        "--allow_base_mismatch",
+    ):
         evaluate(config)
 
     config.allow_base_mismatch = True
@@ -125,8 +148,15 @@ def test_the_base_weight_hash_in_the_lineage_decides_over_names(tmp_path, two_ba
     (adapter / "lineage.json").write_text(json.dumps({"base_weights_sha256": folder_sha256(trained_on)}))
     moved = tmp_path / "moved"
     shutil.copytree(trained_on, moved)  # the same weights in another folder: the adapter belongs on it
-    config = EvalConfig(tasks=["sample-heldout"], languages=["hi"], model=str(moved), adapter=[str(adapter)],
-                        output_dir=str(tmp_path / "eval"), db=str(tmp_path / "lb.sqlite"), bootstrap_samples=100)
+    config = EvalConfig(
+        tasks=["sample-heldout"],
+        languages=["hi"],
+        model=str(moved),
+        adapter=[str(adapter)],
+        output_dir=str(tmp_path / "eval"),
+        db=str(tmp_path / "lb.sqlite"),
+        bootstrap_samples=100,
+    )
     assert evaluate(config)["runs"][1]["base_mismatch"] is None
     # The folder it names, overwritten with other weights: the name matches, the weights do not.
     shutil.rmtree(trained_on)
@@ -138,17 +168,30 @@ def test_the_base_weight_hash_in_the_lineage_decides_over_names(tmp_path, two_ba
 def test_a_pickled_adapter_is_refused_with_the_fix(tmp_path, long_base_dir):
     adapter = lora_adapter(long_base_dir, tmp_path / "pickled", seed=1, safe_serialization=False)
     assert (adapter / "adapter_model.bin").is_file() and not (adapter / "adapter_model.safetensors").exists()
-    config = EvalConfig(tasks=["sample-heldout"], languages=["hi"], model=str(long_base_dir), adapter=[str(adapter)],
-                        output_dir=str(tmp_path / "eval"), db=str(tmp_path / "lb.sqlite"))
+    config = EvalConfig(
+        tasks=["sample-heldout"],
+        languages=["hi"],
+        model=str(long_base_dir),
+        adapter=[str(adapter)],
+        output_dir=str(tmp_path / "eval"),
+        db=str(tmp_path / "lb.sqlite"),
+    )
     with pytest.raises(EvalError, match=r"adapter_model.bin.*save_pretrained\(dir, safe_serialization=True\)"):
         evaluate(config)
 
 
 def test_skipped_entries_and_item_counts_are_on_the_page_with_the_controls(tmp_path, long_base_dir, monkeypatch):
     monkeypatch.setenv("INDICTUNE_EVAL_DATA", str(tmp_path / "empty"))
-    config = EvalConfig(tasks=["sample-heldout", "belebele"], languages=["hi", "en"], model=str(long_base_dir),
-                        base=str(long_base_dir), output_dir=str(tmp_path / "eval"), db=str(tmp_path / "lb.sqlite"),
-                        bootstrap_samples=100, missing_data="skip")
+    config = EvalConfig(
+        tasks=["sample-heldout", "belebele"],
+        languages=["hi", "en"],
+        model=str(long_base_dir),
+        base=str(long_base_dir),
+        output_dir=str(tmp_path / "eval"),
+        db=str(tmp_path / "lb.sqlite"),
+        bootstrap_samples=100,
+        missing_data="skip",
+    )
     results = evaluate(config)
     assert {(s["task"], s["lang"]) for s in results["skipped"]} == {("belebele", "hi"), ("belebele", "en")}
     n_chunks = next(s["n"] for s in results["runs"][1]["scores"] if s["lang"] == "en")
@@ -157,14 +200,23 @@ def test_skipped_entries_and_item_counts_are_on_the_page_with_the_controls(tmp_p
     for page in ((out / "leaderboard.md").read_text(), (out / "leaderboard.html").read_text()):
         assert "belebele en: task belebele (en): no local copy" in page  # skipped, with why
         assert f"en ({n_chunks})" in page and f"n={n_chunks}" in page  # items per run and per cell
-        assert (f"English control rows: sample-heldout bits_per_byte (n={n_chunks}), "
-                f"sample-heldout bits_per_character (n={n_chunks})") in page
+        assert (
+            f"English control rows: sample-heldout bits_per_byte (n={n_chunks}), "
+            f"sample-heldout bits_per_character (n={n_chunks})"
+        ) in page
         assert "Not scored: belebele en: task belebele (en): no local copy" in page
 
 
 def test_no_english_control_is_a_warning_not_a_pass(tmp_path, long_base_dir):
-    config = EvalConfig(tasks=["sample-heldout"], languages=["hi"], model=str(long_base_dir), base=str(long_base_dir),
-                        output_dir=str(tmp_path / "eval"), db=str(tmp_path / "lb.sqlite"), bootstrap_samples=100)
+    config = EvalConfig(
+        tasks=["sample-heldout"],
+        languages=["hi"],
+        model=str(long_base_dir),
+        base=str(long_base_dir),
+        output_dir=str(tmp_path / "eval"),
+        db=str(tmp_path / "lb.sqlite"),
+        bootstrap_samples=100,
+    )
     evaluate(config)
     out = tmp_path / "board"
     leaderboard.render(leaderboard.LeaderboardConfig(db=config.db, out=str(out)))
@@ -196,9 +248,13 @@ def test_an_over_long_prompt_skips_its_entry_and_says_why(tmp_path, base_tokeniz
     short = tmp_path / "short-context"
     tiny_llama(len(tokenizer), positions=160).save_pretrained(short)
     tokenizer.save_pretrained(short)
-    config = EvalConfig(tasks=[{"task": "indiccopa", "shots": 0}, {"task": "indiccopa", "shots": 8}],
-                        languages=["hi"], model=str(short), output_dir=str(tmp_path / "eval"),
-                        db=str(tmp_path / "lb.sqlite"))
+    config = EvalConfig(
+        tasks=[{"task": "indiccopa", "shots": 0}, {"task": "indiccopa", "shots": 8}],
+        languages=["hi"],
+        model=str(short),
+        output_dir=str(tmp_path / "eval"),
+        db=str(tmp_path / "lb.sqlite"),
+    )
     results = evaluate(config)
     assert {s["shots"] for s in results["runs"][0]["scores"]} == {0}  # the entry that fits is scored
     (skipped,) = results["skipped"]
@@ -213,15 +269,24 @@ def test_outputs_are_readable_by_teammates(tmp_path, long_base_dir, monkeypatch)
     monkeypatch.setenv("INDICTUNE_CACHE", str(tmp_path / "cache"))
     previous = os.umask(0o022)
     try:
-        config = EvalConfig(tasks=["sample-heldout"], languages=["hi"], model=str(long_base_dir),
-                            output_dir=str(tmp_path / "eval"), db=str(tmp_path / "lb.sqlite"))
+        config = EvalConfig(
+            tasks=["sample-heldout"],
+            languages=["hi"],
+            model=str(long_base_dir),
+            output_dir=str(tmp_path / "eval"),
+            db=str(tmp_path / "lb.sqlite"),
+        )
         evaluate(config)
         leaderboard.render(leaderboard.LeaderboardConfig(db=config.db, out=str(tmp_path / "board")))
     finally:
         os.umask(previous)
-    written = [tmp_path / "eval" / "results.json", tmp_path / "board" / "leaderboard.md",
-               tmp_path / "board" / "leaderboard.html", tmp_path / "cache" / "file-hashes.json",
-               *(tmp_path / "cache" / "eval" / "results").glob("*.json")]
+    written = [
+        tmp_path / "eval" / "results.json",
+        tmp_path / "board" / "leaderboard.md",
+        tmp_path / "board" / "leaderboard.html",
+        tmp_path / "cache" / "file-hashes.json",
+        *(tmp_path / "cache" / "eval" / "results").glob("*.json"),
+    ]
     assert len(written) > 4
     for path in written:
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path

@@ -3,12 +3,18 @@ extended tokenizer with training.tokenizer.embeddings, print its embedding matri
 
     python tests/zero3_resize.py MODEL_DIR BASE_TOKENIZER EXTENDED_TOKENIZER PORT ZERO3(0|1)
 """
-import json, os, sys
+
+import json
+import os
+import sys
+
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[4], RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
-import torch, deepspeed
+import deepspeed
+import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 from transformers.integrations import HfDeepSpeedConfig
+
 sys.path.insert(0, os.getcwd())
 from indictune.training.tokenizer.embeddings import resize_for_tokenizer
 

@@ -33,20 +33,54 @@ from indictune.training.tokenizer.embeddings import gathered
 
 # Recipe keys that cannot change the trained weights: where outputs, logs and checkpoints go and how often,
 # data loader workers, the hub, this process's rank. Every other key, and any key added later, counts.
-NOT_TRAINING = frozenset({
-    "output_dir", "run_name", "project", "report_to", "disable_tqdm", "skip_memory_metrics",
-    "logging_steps", "logging_strategy", "logging_first_step", "logging_nan_inf_filter",
-    "log_level", "log_level_replica", "log_on_each_node", "include_num_input_tokens_seen",
-    "trackio_bucket_id", "trackio_space_id", "trackio_static_space_id",
-    "save_steps", "save_strategy", "save_total_limit", "save_on_each_node", "save_only_model",
-    "enable_jit_checkpoint", "resume_from_checkpoint",
-    "push_to_hub", "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo", "hub_always_push",
-    "hub_revision",
-    "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers",
-    "dataloader_prefetch_factor", "dataloader_multiprocessing_context", "dataset_num_proc",
-    "local_rank", "ddp_backend", "ddp_timeout", "torch_empty_cache_steps",
-    "packed_cache_dir", "peak_tflops_per_gpu", "merge_adapter",
-})
+NOT_TRAINING = frozenset(
+    {
+        "output_dir",
+        "run_name",
+        "project",
+        "report_to",
+        "disable_tqdm",
+        "skip_memory_metrics",
+        "logging_steps",
+        "logging_strategy",
+        "logging_first_step",
+        "logging_nan_inf_filter",
+        "log_level",
+        "log_level_replica",
+        "log_on_each_node",
+        "include_num_input_tokens_seen",
+        "trackio_bucket_id",
+        "trackio_space_id",
+        "trackio_static_space_id",
+        "save_steps",
+        "save_strategy",
+        "save_total_limit",
+        "save_on_each_node",
+        "save_only_model",
+        "enable_jit_checkpoint",
+        "resume_from_checkpoint",
+        "push_to_hub",
+        "hub_model_id",
+        "hub_strategy",
+        "hub_token",
+        "hub_private_repo",
+        "hub_always_push",
+        "hub_revision",
+        "dataloader_num_workers",
+        "dataloader_pin_memory",
+        "dataloader_persistent_workers",
+        "dataloader_prefetch_factor",
+        "dataloader_multiprocessing_context",
+        "dataset_num_proc",
+        "local_rank",
+        "ddp_backend",
+        "ddp_timeout",
+        "torch_empty_cache_steps",
+        "packed_cache_dir",
+        "peak_tflops_per_gpu",
+        "merge_adapter",
+    }
+)
 # From lineage.json: what the recipe names by path or does not show.
 LINEAGE_KEYS = ("base_weights_sha256", "tokenizer_sha256", "world_size")
 NOT_RECORDED = "(not recorded)"
@@ -129,13 +163,17 @@ def plan_resume(output_dir: str, requested: str | None, recipe: dict, lineage_re
     """The checkpoint to resume from (`requested`, else the newest complete one in output_dir), or None
     to start afresh. Raises ResumeRefused where output_dir's checkpoint differs from this run, or cannot be
     checked, in anything that changes training."""
-    ways_out = ("To resume from it anyway, pass --resume_from_checkpoint {path} (lineage.json will record what "
-                "changed); to train afresh, choose a new output_dir.")
+    ways_out = (
+        "To resume from it anyway, pass --resume_from_checkpoint {path} (lineage.json will record what "
+        "changed); to train afresh, choose a new output_dir."
+    )
     if requested:
         path = Path(requested)
         if not is_complete(path):
-            raise ResumeRefused(f"--resume_from_checkpoint {requested}: not a complete checkpoint "
-                                "(no trainer_state.json); name a checkpoint-N folder that has one")
+            raise ResumeRefused(
+                f"--resume_from_checkpoint {requested}: not a complete checkpoint "
+                "(no trainer_state.json); name a checkpoint-N folder that has one"
+            )
         skipped = []
     else:
         found = checkpoints_newest_first(output_dir) if Path(output_dir).is_dir() else []
@@ -154,13 +192,20 @@ def plan_resume(output_dir: str, requested: str | None, recipe: dict, lineage_re
     else:
         raise CheckpointUnverified(
             f"{path} has no recipe.yaml and lineage.json to compare with (it was saved by an older version, or cut "
-            "off while saving), so it cannot be checked against this run's recipe. " + ways_out.format(path=path))
+            "off while saving), so it cannot be checked against this run's recipe. " + ways_out.format(path=path)
+        )
     if changed and not requested:
         shown = "; ".join(f"{key} is {c['checkpoint']!r} there, {c['now']!r} now" for key, c in changed.items())
         raise RecipeChanged(f"{path} was trained differently from this run: {shown}. " + ways_out.format(path=path))
     step = state["global_step"]
-    return Resume(checkpoint=str(path), step=step, changed=changed,
-                  finished=changed == {} and step >= state.get("max_steps", 0) > 0, earlier=earlier, skipped=skipped)
+    return Resume(
+        checkpoint=str(path),
+        step=step,
+        changed=changed,
+        finished=changed == {} and step >= state.get("max_steps", 0) > 0,
+        earlier=earlier,
+        skipped=skipped,
+    )
 
 
 class RecipeInCheckpoints(TrainerCallback):
@@ -200,7 +245,14 @@ def verify_saved_adapter(model, output_dir: str, is_main: bool) -> int:
     """
     trainable = [p for p in model.parameters() if p.requires_grad]
     with gathered(*trainable):
-        expected = {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model, save_embedding_layers=False).items()} if is_main else {}
+        expected = (
+            {
+                k: v.detach().cpu().clone()
+                for k, v in get_peft_model_state_dict(model, save_embedding_layers=False).items()
+            }
+            if is_main
+            else {}
+        )
     if not is_main:
         return 0
     path = Path(output_dir) / "adapter_model.safetensors"
@@ -226,9 +278,13 @@ def merge(output_dir: str, tokenizer, dtype, trust_remote_code: bool, lineage_re
     target = Path(output_dir) / "merged"
     adapter = PeftConfig.from_pretrained(output_dir)
     with zero3_init_disabled():
-        base = AutoModelForCausalLM.from_pretrained(adapter.base_model_name_or_path, revision=adapter.revision,
-                                                    dtype=dtype, trust_remote_code=trust_remote_code,
-                                                    use_safetensors=True)
+        base = AutoModelForCausalLM.from_pretrained(
+            adapter.base_model_name_or_path,
+            revision=adapter.revision,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,
+        )
         # New rows need no initialising here: the adapter holds their trained values and merging writes them.
         if base.get_input_embeddings().weight.shape[0] < len(tokenizer):
             base.resize_token_embeddings(len(tokenizer), mean_resizing=False)

@@ -16,6 +16,7 @@ from typing import Literal
 
 from trl import ModelConfig, SFTConfig, TrlParser
 
+from indictune.core.paths import cache_root
 from indictune.core.recipe import RecipeError, read_yaml, unknown_key_error
 
 
@@ -59,8 +60,8 @@ class IndictuneArguments:
         default=None,
         metadata={
             "help": "cpt: where tokenized and packed data is kept, keyed by data, tokenizer, max_length and mix "
-            "(default: $INDICTUNE_CACHE or ~/.cache/indictune/packed). Put it on a shared filesystem for multi-node "
-            "runs and fill it with scripts/pack_data.py before launching."
+            f"(default: {cache_root() / 'packed'}; $INDICTUNE_CACHE moves it). Put it on a shared filesystem for "
+            "multi-node runs and fill it with scripts/pack_data.py before launching."
         },
     )
     tokenizer_name_or_path: str | None = field(
@@ -92,7 +93,8 @@ class IndictuneArguments:
         metadata={"help": "Learning rate of the trainable embedding and output rows (default: learning_rate)."},
     )
     merge_adapter: bool = field(
-        default=False, metadata={"help": "Also save the base model with the adapter merged in, under output_dir/merged."}
+        default=False,
+        metadata={"help": "Also save the base model with the adapter merged in, under output_dir/merged."},
     )
     peak_tflops_per_gpu: float | None = field(
         default=None,
@@ -119,23 +121,26 @@ def _check_keys(argv: list[str], config_path: str | None) -> None:
 
 
 def parse(argv: list[str] | None = None) -> tuple[IndictuneArguments, SFTConfig, ModelConfig]:
-    """Parse ``--config FILE`` and overrides; exit with a message naming the file, the key and the fix."""
+    """Parse ``--config FILE`` and overrides; a RecipeError names the file, the key and the fix."""
     argv = list(sys.argv[1:] if argv is None else argv)
     config_path = argv[argv.index("--config") + 1] if "--config" in argv[:-1] else None
-    try:
-        _check_keys(argv, config_path)
-        args, training_args, model_args = TrlParser(RECIPE_CLASSES).parse_args_and_config(argv)
-    except RecipeError as err:
-        raise SystemExit(f"error: {err}") from None
-    except ValueError as err:  # a value the dataclasses reject, e.g. bf16 on a machine without a GPU
-        raise SystemExit(f"error: {config_path or 'command line'}: {err}") from None
     where = config_path or "command line"
+    _check_keys(argv, config_path)
+    try:
+        args, training_args, model_args = TrlParser(RECIPE_CLASSES).parse_args_and_config(argv)
+    except ValueError as err:  # a value the dataclasses reject, e.g. bf16 on a machine without a GPU
+        raise RecipeError(f"{where}: {err}") from None
     if not args.train_data:
-        raise SystemExit(f"error: {where}: train_data is required (the prepare_data output, or chat data for sft)")
+        raise RecipeError(f"{where}: train_data is required (the prepare_data output, or chat data for sft)")
     if args.replay_fraction is not None and not 0 < args.replay_fraction < 1:
-        raise SystemExit(f"error: {where}: replay_fraction must be between 0 and 1, got {args.replay_fraction}")
+        raise RecipeError(f"{where}: replay_fraction must be between 0 and 1, got {args.replay_fraction}")
     if args.language_temperature <= 0:
-        raise SystemExit(f"error: {where}: language_temperature must be positive, got {args.language_temperature}")
+        raise RecipeError(f"{where}: language_temperature must be positive, got {args.language_temperature}")
     if args.stage == "sft" and (args.replay_fraction is not None or args.language_temperature != 1.0):
-        raise SystemExit(f"error: {where}: replay_fraction and language_temperature mix cpt corpora; remove them for sft")
+        raise RecipeError(f"{where}: replay_fraction and language_temperature mix cpt corpora; remove them for sft")
     return args, training_args, model_args
+
+
+def tokenizer_name_or_path(args: IndictuneArguments, model_args: ModelConfig) -> str | None:
+    """The tokenizer a run trains with: the recipe's tokenizer_name_or_path, else the base model's own."""
+    return args.tokenizer_name_or_path or model_args.model_name_or_path

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import glob
 from collections import Counter
 from pathlib import Path
 
 import datasets
-
 
 CHAT_ROLES = {"system", "user", "assistant"}
 

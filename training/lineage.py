@@ -13,6 +13,7 @@ import yaml
 from indictune.core.hashing import file_sha256, folder_sha256, tokenizer_sha256
 from indictune.core.io import atomic_write_text
 from indictune.core.lineage import code_commit
+from indictune.training.config import tokenizer_name_or_path
 
 
 def data_record(path: str) -> dict:
@@ -43,8 +44,9 @@ def base_weights_sha256(args, model_args) -> str | None:
     return folder_sha256(folder) if folder is not None else None
 
 
-def record(args, training_args, model_args, tokenizer, new_token_ids: list[int], data_files: list[str],
-           **extra) -> dict:
+def record(
+    args, training_args, model_args, tokenizer, new_token_ids: list[int], data_files: list[str], **extra
+) -> dict:
     """What the run is made from; the content hashes (base weights, tokenizer, data) and the number of
     processes, which the recipe does not show, are checked again when a checkpoint is resumed."""
     return {
@@ -52,7 +54,7 @@ def record(args, training_args, model_args, tokenizer, new_token_ids: list[int],
         "base_model": model_args.model_name_or_path,
         "base_weights_sha256": base_weights_sha256(args, model_args),
         "init_from_config": args.init_from_config,
-        "tokenizer": args.tokenizer_name_or_path or model_args.model_name_or_path,
+        "tokenizer": tokenizer_name_or_path(args, model_args),
         "tokenizer_sha256": tokenizer_sha256(tokenizer),
         "new_token_ids": [new_token_ids[0], new_token_ids[-1] + 1] if new_token_ids else None,
         "data": [data_record(f) for f in data_files],

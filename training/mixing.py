@@ -6,7 +6,9 @@ import math
 import random
 
 
-def temperature_shares(sizes: dict[str, float], temperature: float, fixed: dict[str, float] | None = None) -> dict[str, float]:
+def temperature_shares(
+    sizes: dict[str, float], temperature: float, fixed: dict[str, float] | None = None
+) -> dict[str, float]:
     """Each language's share of the mix, proportional to (its share of `sizes`)^(1/temperature).
 
     Temperature 1 keeps the corpus proportions; a higher temperature moves toward equal shares, so a small

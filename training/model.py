@@ -1,4 +1,4 @@
-"""Model set-up for training: load (or initialise) the model, fit it to the tokenizer, configure LoRA."""
+"""Model set-up for training: the tokenizer, the model (loaded or newly initialised) fitted to it, and LoRA."""
 
 from __future__ import annotations
 
@@ -7,12 +7,16 @@ from pathlib import Path
 
 import torch
 import yaml
-from peft import LoraConfig
+from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig, SFTConfig, get_peft_config
 
-from indictune.training.config import IndictuneArguments
+from indictune.training.config import IndictuneArguments, tokenizer_name_or_path
 from indictune.training.tokenizer.embeddings import gathered, resize_for_tokenizer
+
+
+class TrainingSetupError(ValueError):
+    """A model, tokenizer or LoRA setting that cannot train as asked; the message says what to set instead."""
 
 
 def attention_implementation(requested: str | None = None) -> str:
@@ -22,6 +26,13 @@ def attention_implementation(requested: str | None = None) -> str:
     if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
     return "sdpa"
+
+
+def load_tokenizer(args: IndictuneArguments, model_args: ModelConfig, training_args: SFTConfig):
+    """The tokenizer the run trains with (see :func:`tokenizer_name_or_path`)."""
+    return AutoTokenizer.from_pretrained(
+        tokenizer_name_or_path(args, model_args), trust_remote_code=training_args.trust_remote_code
+    )
 
 
 def load_model(args: IndictuneArguments, model_args: ModelConfig, training_args: SFTConfig, tokenizer):
@@ -41,7 +52,7 @@ def load_model(args: IndictuneArguments, model_args: ModelConfig, training_args:
         )
         return model, tokenizer
     if not model_args.model_name_or_path:
-        raise SystemExit("error: set model_name_or_path (or init_from_config to pretrain a new model)")
+        raise TrainingSetupError("set model_name_or_path (or init_from_config to pretrain a new model)")
     model = AutoModelForCausalLM.from_pretrained(
         model_args.model_name_or_path,
         revision=model_args.model_revision,
@@ -66,8 +77,8 @@ def fit_to_tokenizer(model, tokenizer, base_tokenizer) -> list[int]:
 
 
 def _collect_token_rows_on_any_device(layer, weight, rows, embed_dim):
-    """peft's TrainableTokensLayer._collect_token_weights, allocating on the weight's device: peft's own
-    allocates the receiving buffer on CUDA, so ZeRO-3 with trainable rows fails on CPU-only machines."""
+    """peft's TrainableTokensLayer._collect_token_weights, with the buffer that receives rank 0's rows
+    allocated on the weight's device instead of on CUDA."""
     import torch.distributed as dist
     from peft.utils.integrations import gather_params_ctx
 
@@ -80,7 +91,17 @@ def _collect_token_rows_on_any_device(layer, weight, rows, embed_dim):
     return rows_value
 
 
-if not torch.cuda.is_available():
+def patch_trainable_tokens_for_cpu() -> None:
+    """Let ZeRO-3 set up trainable embedding rows on a machine without CUDA; nothing to do where CUDA is.
+
+    Under ZeRO-3, peft's TrainableTokensLayer._collect_token_weights (added by huggingface/peft#2605, the fix
+    for #2603) gathers the rows on rank 0 and broadcasts them into a buffer the other ranks allocate with
+    ``torch.device("cuda", torch.cuda.current_device())`` ("right now, only CUDA is implemented"), which
+    fails without CUDA (two CPU ranks over gloo, as in tests/test_distributed.py). Not reported upstream yet.
+    Idempotent.
+    """
+    if torch.cuda.is_available():
+        return
     from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
 
     TrainableTokensLayer._collect_token_weights = _collect_token_rows_on_any_device
@@ -90,16 +111,18 @@ def _module_name(model, module) -> str:
     return next(name for name, m in model.named_modules() if m is module).rsplit(".", 1)[-1]
 
 
-def lora_config(model_args: ModelConfig, args: IndictuneArguments, model, tokenizer, new_ids: list[int]) -> LoraConfig | None:
+def lora_config(
+    model_args: ModelConfig, args: IndictuneArguments, model, tokenizer, new_ids: list[int]
+) -> LoraConfig | None:
     """TRL's LoRA settings from the recipe, plus the embedding rows to train."""
     config = get_peft_config(model_args)
     if config is not None and args.trainable_embeddings == "none" and new_ids:
-        raise SystemExit(
-            f"error: trainable_embeddings: none would leave the {len(new_ids)} tokens the tokenizer adds untrained "
+        raise TrainingSetupError(
+            f"trainable_embeddings: none would leave the {len(new_ids)} tokens the tokenizer adds untrained "
             "(their rows only start at the mean of their pieces); use new_rows or full"
         )
     if config is not None and args.trainable_embeddings != "new_rows" and args.trainable_tokens:
-        raise SystemExit("error: trainable_tokens needs trainable_embeddings: new_rows (full trains every row)")
+        raise TrainingSetupError("trainable_tokens needs trainable_embeddings: new_rows (full trains every row)")
     if config is None or args.trainable_embeddings == "none":
         return config
     embedding = _module_name(model, model.get_input_embeddings())
@@ -114,11 +137,26 @@ def lora_config(model_args: ModelConfig, args: IndictuneArguments, model, tokeni
     vocab = tokenizer.get_vocab()
     unknown = [token for token in args.trainable_tokens if token not in vocab]
     if unknown:
-        raise SystemExit(f"error: trainable_tokens: {unknown} are not in the tokenizer's vocabulary")
+        raise TrainingSetupError(f"trainable_tokens: {unknown} are not in the tokenizer's vocabulary")
     rows = sorted(set(new_ids) | {vocab[token] for token in args.trainable_tokens})
     if rows:
         config.trainable_token_indices = {name: rows for name in layers}
     return config
+
+
+def with_adapter(model, peft_config: LoraConfig, training_args: SFTConfig):
+    """`model` wrapped in its LoRA adapter and trainable embedding rows, ready to train."""
+    if training_args.activation_checkpointing:
+        model.enable_input_require_grads()  # frozen embeddings would otherwise cut the checkpointed graph
+    if peft_config.trainable_token_indices:
+        patch_trainable_tokens_for_cpu()
+    model = get_peft_model(model, peft_config)
+    for adapter in model.peft_config.values():
+        # peft keeps target modules (those `all-linear` expands to, too) as a set, which adapter_config.json
+        # would list in a different order on every run.
+        if isinstance(adapter.target_modules, set):
+            adapter.target_modules = sorted(adapter.target_modules)
+    return model
 
 
 def trained_rows(peft_config: LoraConfig | None, model) -> set[int]:
@@ -146,7 +184,7 @@ def require_trained_tokens(model, tokenizer, dataset, peft_config: LoraConfig | 
     sample = dataset.select(range(min(1000, len(dataset))))["input_ids"]
     untrained = untrained_tokens(model, tokenizer, sample, trained_rows(peft_config, model))
     if untrained:
-        raise SystemExit(
-            f"error: the chat data uses tokens whose embeddings were never trained: {untrained}; list them in "
+        raise TrainingSetupError(
+            f"the chat data uses tokens whose embeddings were never trained: {untrained}; list them in "
             "trainable_tokens (with trainable_embeddings: new_rows) so their rows train"
         )

@@ -29,7 +29,7 @@ from trl import SFTConfig, pack_dataset
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from indictune.core.hashing import file_sha256, tokenizer_sha256
-from indictune.core.paths import cache_root as indictune_cache
+from indictune.core.paths import cache_root
 from indictune.data.corpus import load_corpus, parquet_files
 from indictune.training.mixing import repeat_to_quota, temperature_shares
 
@@ -100,10 +100,10 @@ def cache_key(args, training_args: SFTConfig, tokenizer) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode("utf-8")).hexdigest()[:24]
 
 
-def cache_root(args) -> Path:
+def packed_cache_dir(args) -> Path:
     if args.packed_cache_dir:
         return Path(args.packed_cache_dir)
-    return indictune_cache() / "packed"
+    return cache_root() / "packed"
 
 
 def build(args, training_args: SFTConfig, tokenizer) -> tuple[datasets.Dataset, dict]:
@@ -119,7 +119,7 @@ def build(args, training_args: SFTConfig, tokenizer) -> tuple[datasets.Dataset, 
 
 def packed_dataset(args, training_args: SFTConfig, tokenizer) -> tuple[datasets.Dataset, dict, Path]:
     """The packed training set from the cache, building it there first if it is missing."""
-    path = cache_root(args) / cache_key(args, training_args, tokenizer)
+    path = packed_cache_dir(args) / cache_key(args, training_args, tokenizer)
     with training_args.main_process_first(local=True, desc="tokenize and pack"):
         if not (path / "mixture.json").is_file():
             packed, mixture = build(args, training_args, tokenizer)
@@ -153,7 +153,9 @@ class PackedCollator:
         batch = self.inner(examples)
         if not self.flatten:
             del batch["attention_mask"]
-            batch["labels"][batch["position_ids"] == 0] = -100  # a document's first token is not predicted from the last
+            batch["labels"][
+                batch["position_ids"] == 0
+            ] = -100  # a document's first token is not predicted from the last
         # With a KV cache, transformers skips the per-document mask it builds from position ids, and a model
         # whose config enables the cache creates one even in training.
         batch["use_cache"] = False

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from indictune.data.readers import Source, json_objects, make_record, numbered_lines, read_text_file, reader
+from indictune.data.readers import Source, json_lines, make_record, read_text_file, reader, text_lines
 
 _TIMING = re.compile(r"(?P<start>[\d:.,]+)\s*-->\s*(?P<end>[\d:.,]+)")
 _MARKUP = re.compile(r"</?(?:i|b|u|c|v|lang|ruby|rt)(?:[.\s][^>]*)?>|<\d{1,2}:[\d:.]+>|\{\\[^}]*\}")
@@ -31,9 +31,6 @@ def _seconds(stamp: str) -> float | None:
 @reader("srt", "vtt")
 def read_subtitles(source: Source, path: Path) -> Iterator[dict[str, Any]]:
     text = read_text_file(path)
-    if text is None:
-        yield make_record(source, path, 0, "", read_error="invalid_utf8")
-        return
     lines, segments = [], []
     for block in re.split(r"\n\s*\n", text.replace("\r\n", "\n").lstrip("\ufeff")):
         block_lines = block.strip().split("\n")
@@ -56,14 +53,13 @@ def read_whisper_json(source: Source, path: Path) -> Iterator[dict[str, Any]]:
     """openai-whisper's ``result`` dict (``segments``, ``language``), or a bare list of segments."""
     raw = read_text_file(path)
     try:
-        result = json.loads(raw) if raw is not None else None
+        result = json.loads(raw)
     except json.JSONDecodeError as err:
         yield make_record(source, path, 0, "", read_error=f"invalid_json:{err.msg}")
         return
     segments = result.get("segments") if isinstance(result, dict) else result
     if not isinstance(segments, list) or not all(isinstance(s, dict) and "text" in s for s in segments):
-        error = "invalid_utf8" if raw is None else "no_segments"
-        yield make_record(source, path, 0, "", read_error=error)
+        yield make_record(source, path, 0, "", read_error="no_segments")
         return
     lines, kept = [], []
     scores = ("start", "end", "avg_logprob", "no_speech_prob", "compression_ratio")
@@ -79,28 +75,40 @@ def read_whisper_json(source: Source, path: Path) -> Iterator[dict[str, Any]]:
 @reader("kaldi")
 def read_kaldi_text(source: Source, path: Path) -> Iterator[dict[str, Any]]:
     """Kaldi ``text``: ``<utterance-id> <transcript>`` per line (space or tab), one record per utterance."""
-    for position, where, line in numbered_lines(path):
-        if line is None:
-            yield make_record(source, path, position, "", read_error="invalid_utf8", where=where)
-            continue
-        utterance, _, transcript = line.strip().replace("\t", " ", 1).partition(" ")
+
+    def utterance(position: int, where: str, line: str) -> dict[str, Any]:
+        name, _, transcript = line.strip().replace("\t", " ", 1).partition(" ")
         error = None if transcript.strip() else "empty_transcript"
-        yield make_record(source, path, position, transcript.strip(), read_error=error, where=where,
-                          utterance=utterance)
+        return make_record(source, path, position, transcript.strip(), read_error=error, where=where, utterance=name)
+
+    return text_lines(source, path, utterance)
 
 
 @reader("asr_manifest")
 def read_asr_manifest(source: Source, path: Path) -> Iterator[dict[str, Any]]:
     """NeMo-style JSON lines: ``audio_filepath``, ``text`` (or ``source.text_field``), ``duration`` in seconds."""
-    for position, where, row, rejected in json_objects(source, path):
-        if rejected:
-            yield rejected
-            continue
+
+    def utterance(position: int, where: str, row: dict) -> dict[str, Any]:
         if not isinstance(row.get(source.text_field), str):
-            yield make_record(source, path, position, json.dumps(row, ensure_ascii=False),
-                              read_error=f"missing_field:{source.text_field}", where=where)
-            continue
+            return make_record(
+                source,
+                path,
+                position,
+                json.dumps(row, ensure_ascii=False),
+                read_error=f"missing_field:{source.text_field}",
+                where=where,
+            )
         duration = row.get("duration")
         segment = {"start": 0.0, "end": float(duration)} if isinstance(duration, (int, float)) else {}
-        yield make_record(source, path, position, " ".join(row[source.text_field].split()), lang=row.get("lang"),
-                          where=where, audio_filepath=row.get("audio_filepath"), segments=[segment])
+        return make_record(
+            source,
+            path,
+            position,
+            " ".join(row[source.text_field].split()),
+            lang=row.get("lang"),
+            where=where,
+            audio_filepath=row.get("audio_filepath"),
+            segments=[segment],
+        )
+
+    return json_lines(source, path, utterance)

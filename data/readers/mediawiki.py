@@ -24,8 +24,22 @@ from indictune.data.readers import Source, make_record, reader
 
 _OPENERS = {".xz": lzma.open, ".bz2": bz2.open, ".gz": gzip.open}
 # Tags whose content is not prose: references, galleries, maths, code, timelines.
-_DROP_TAGS = {"ref", "gallery", "math", "syntaxhighlight", "source", "timeline", "score", "chem", "hiero", "imagemap",
-              "templatedata", "templatestyles", "mapframe", "graph"}
+_DROP_TAGS = {
+    "ref",
+    "gallery",
+    "math",
+    "syntaxhighlight",
+    "source",
+    "timeline",
+    "score",
+    "chem",
+    "hiero",
+    "imagemap",
+    "templatedata",
+    "templatestyles",
+    "mapframe",
+    "graph",
+}
 # "[[File:..]]", "[[चित्र:..]]", "[[Category:..]]", "[[वर्ग:..]]": links into namespaces that are not text.
 _NAMESPACED_LINK = re.compile(r"^\s*[^:\]|]+:")
 _BLANK_RUN = re.compile(r"\n\s*\n\s*\n+")

@@ -17,11 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from indictune.data.readers import Source, make_record, read_text_file, reader
+from indictune.data.readers import Source, SourceError, make_record, read_text_file, reader
 
 
-def _not_utf8(source: Source, path: Path) -> dict[str, Any]:
-    return make_record(source, path, 0, "", read_error="invalid_utf8", book=path.as_posix(), page=1)
+def _text(path: Path) -> str:
+    """The file's text; a file that is not text is rejected as page 1 of its book."""
+    return read_text_file(path, book=path.as_posix(), page=1)
 
 
 def _pages(source: Source, path: Path, pages: list[tuple[str, dict[str, Any]]]) -> Iterator[dict[str, Any]]:
@@ -33,11 +34,7 @@ def _pages(source: Source, path: Path, pages: list[tuple[str, dict[str, Any]]]) 
 
 @reader("pages")
 def read_pages(source: Source, path: Path) -> Iterator[dict[str, Any]]:
-    text = read_text_file(path)
-    if text is None:
-        yield _not_utf8(source, path)
-        return
-    pages = text.split("\f")
+    pages = _text(path).split("\f")
     if len(pages) > 1 and not pages[-1].strip():  # a trailing form feed ends the last page; it starts none
         pages.pop()
     yield from _pages(source, path, [(page, {}) for page in pages])
@@ -52,14 +49,12 @@ def _with_confidence(lines: list[list[str]], confidences: list[float], breaks: s
 
 @reader("tesseract_tsv")
 def read_tesseract_tsv(source: Source, path: Path) -> Iterator[dict[str, Any]]:
-    text = read_text_file(path)
-    if text is None:
-        yield _not_utf8(source, path)
-        return
-    rows = csv.DictReader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE)
+    rows = csv.DictReader(io.StringIO(_text(path)), delimiter="\t", quoting=csv.QUOTE_NONE)
     missing = {"page_num", "block_num", "par_num", "line_num", "conf", "text"} - set(rows.fieldnames or [])
     if missing:
-        raise ValueError(f"source '{source.name}': {path} is not Tesseract TSV (no column {', '.join(sorted(missing))})")
+        raise SourceError(
+            f"source '{source.name}': {path} is not Tesseract TSV (no column {', '.join(sorted(missing))})"
+        )
     pages: dict[str, dict[tuple, list[str]]] = defaultdict(dict)
     confidences: dict[str, list[float]] = defaultdict(list)
     for row in rows:
@@ -126,12 +121,8 @@ class _HocrParser(html.parser.HTMLParser):
 
 @reader("hocr")
 def read_hocr(source: Source, path: Path) -> Iterator[dict[str, Any]]:
-    text = read_text_file(path)
-    if text is None:
-        yield _not_utf8(source, path)
-        return
     parser = _HocrParser()
-    parser.feed(text)
+    parser.feed(_text(path))
     pages = [
         _with_confidence([[w for w in words if w] for words in lines], confidences, breaks)
         for lines, confidences, breaks in parser.pages

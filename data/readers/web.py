@@ -11,7 +11,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from indictune.data.readers import Source, json_objects, make_record, numbered_lines, read_text_file, reader
+from indictune.data.readers import Source, SourceError, json_lines, make_record, read_text_file, reader, text_lines
 
 
 def _from_row(source: Source, path: Path, position: int, row: dict[str, Any], where: str) -> dict[str, Any]:
@@ -28,8 +28,7 @@ def _from_row(source: Source, path: Path, position: int, row: dict[str, Any], wh
 
 @reader("jsonl")
 def read_jsonl(source: Source, path: Path) -> Iterator[dict[str, Any]]:
-    for position, where, row, rejected in json_objects(source, path):
-        yield rejected or _from_row(source, path, position, row, where)
+    return json_lines(source, path, lambda position, where, row: _from_row(source, path, position, row, where))
 
 
 @reader("parquet")
@@ -43,13 +42,10 @@ def read_parquet(source: Source, path: Path) -> Iterator[dict[str, Any]]:
 
 @reader("csv", "tsv")
 def read_delimited(source: Source, path: Path) -> Iterator[dict[str, Any]]:
-    text = read_text_file(path)
-    if text is None:
-        yield make_record(source, path, 0, "", read_error="invalid_utf8", where="file")
-        return
+    text = read_text_file(path, where="file")
     rows = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if source.format == "tsv" else ",")
     if source.text_field not in (rows.fieldnames or []):
-        raise ValueError(
+        raise SourceError(
             f"source '{source.name}': {path} has no column {source.text_field!r} "
             f"(columns: {', '.join(rows.fieldnames or [])}); set text_field in the recipe"
         )
@@ -63,14 +59,11 @@ _BLANK_LINES = re.compile(r"\n[ \t]*\n+")
 @reader("txt")
 def read_txt(source: Source, path: Path) -> Iterator[dict[str, Any]]:
     if source.unit == "line":
-        for position, where, line in numbered_lines(path):
-            error = "invalid_utf8" if line is None else None
-            yield make_record(source, path, position, line or "", read_error=error, where=where)
+        yield from text_lines(
+            source, path, lambda position, where, line: make_record(source, path, position, line, where=where)
+        )
         return
-    text = read_text_file(path)
-    if text is None:
-        yield make_record(source, path, 0, "", read_error="invalid_utf8", where="file")
-        return
+    text = read_text_file(path, where="file")
     parts = [text] if source.unit == "file" else [p for p in _BLANK_LINES.split(text) if p.strip()]
     for position, part in enumerate(parts):
         yield make_record(source, path, position, part.strip(), where=source.unit)
@@ -86,14 +79,17 @@ def read_hf(source: Source, path: Path) -> Iterator[dict[str, Any]]:
         data = datasets.load_from_disk(name)
         if isinstance(data, datasets.DatasetDict):
             if source.split not in data:
-                raise ValueError(f"source '{source.name}': {name} has no split {source.split!r} (splits: {', '.join(data)})")
+                raise SourceError(
+                    f"source '{source.name}': {name} has no split {source.split!r} (splits: {', '.join(data)})"
+                )
             data = data[source.split]
     else:
         try:
             data = datasets.load_dataset(name, source.subset, split=source.split, streaming=True)
         except Exception as err:  # offline, unknown id, gated: say which source and what to do
-            raise RuntimeError(
-                f"source '{source.name}': cannot load {name!r} from the Hugging Face Hub ({type(err).__name__}: {err}). "
+            raise SourceError(
+                f"source '{source.name}': cannot load {name!r} from the Hugging Face Hub "
+                f"({type(err).__name__}: {err}). "
                 "Offline, save it with Dataset.save_to_disk and set path to that directory."
             ) from err
     for position, row in enumerate(data):

@@ -21,7 +21,7 @@ import regex
 
 from indictune.core import languages
 from indictune.core.recipe import field
-from indictune.data.stages import Record, Stage
+from indictune.data.stages import Record, Stage, StageConfig, stage
 
 _TAG = regex.compile(
     r"\[[^\]\n]{1,40}\]|<[^>\n]{1,20}>|\((?:laughter|laughs|applause|music|noise|inaudible|cough|silence|"
@@ -66,8 +66,7 @@ def folded_compression_ratio(content: str) -> float:
 
 
 @dataclass
-class AsrConfig:
-    enabled: bool = True
+class AsrConfig(StageConfig):
     min_avg_logprob: float = field(-1.0, help="drop a segment scored below this (Whisper's logprob_threshold)")
     max_no_speech_prob: float = field(0.6, help="drop a segment more likely silence than speech")
     paragraph_pause: float = field(2.0, help="seconds of silence between segments that start a new paragraph")
@@ -81,8 +80,8 @@ class AsrConfig:
     )
 
 
+@stage("asr", order=40, config=AsrConfig, help="timestamps, tags, fillers, loops (kind: asr)")
 class Asr(Stage):
-    name = "asr"
     kinds = ("asr",)
     columns = {
         "asr_segments_dropped": pa.int32(),
@@ -91,9 +90,6 @@ class Asr(Stage):
         "asr_loop_words_removed": pa.int32(),
         "asr_compression_ratio": pa.float32(),
     }
-
-    def __init__(self, config: AsrConfig):
-        self.config = config
 
     def _unreliable(self, segment: dict) -> bool:
         return segment.get("avg_logprob", 0.0) < self.config.min_avg_logprob or (
@@ -137,8 +133,10 @@ class Asr(Stage):
         paragraphs: list[list[str]] = []
         previous_end = None
         for words, segment in cleaned:
-            pause = segment.get("start") is not None and previous_end is not None and (
-                segment["start"] - previous_end >= self.config.paragraph_pause
+            pause = (
+                segment.get("start") is not None
+                and previous_end is not None
+                and (segment["start"] - previous_end >= self.config.paragraph_pause)
             )
             if not paragraphs or pause:
                 paragraphs.append([])

@@ -20,15 +20,15 @@ import pyarrow.parquet as pq
 
 from indictune.core import text
 from indictune.core.recipe import field
-from indictune.data.stages import Record, Stage
+from indictune.data.stages import Record, Stage, StageConfig, StageError, stage
 
 
 @dataclass
-class DecontaminateConfig:
-    enabled: bool = True
+class DecontaminateConfig(StageConfig):
     paths: list[str] = field(
         default_factory=list,
-        help="evaluation files or globs ($VARIABLES expanded): text (one segment per line), .jsonl, .parquet, .csv/.tsv",
+        help="evaluation files or globs ($VARIABLES expanded): text (one segment per line), .jsonl, .parquet, "
+        ".csv/.tsv",
     )
     ngram: int = field(13, help="words in a shared n-gram that marks a document as contaminated")
     min_words: int = field(8, help="evaluation segments shorter than this are not matched (too common)")
@@ -42,13 +42,20 @@ def _segments(path: Path) -> list[str]:
             try:
                 strings += _strings(json.loads(line)) if line.strip() else []
             except json.JSONDecodeError as err:
-                raise ValueError(f"decontaminate: {path} line {number} is not JSON ({err.msg}); "
-                                 "evaluation .jsonl files need one JSON object per line") from err
+                raise StageError(
+                    f"decontaminate: {path} line {number} is not JSON ({err.msg}); "
+                    "evaluation .jsonl files need one JSON object per line"
+                ) from err
         return strings
     if suffix == ".parquet":
         table = pq.read_table(path)
-        return [v for name in table.column_names if pa.types.is_string(table.schema.field(name).type)
-                for v in table[name].to_pylist() if v]
+        return [
+            v
+            for name in table.column_names
+            if pa.types.is_string(table.schema.field(name).type)
+            for v in table[name].to_pylist()
+            if v
+        ]
     if suffix in (".csv", ".tsv"):
         with open(path, encoding="utf-8", newline="") as handle:
             rows = csv.reader(handle, delimiter="\t" if suffix == ".tsv" else ",")
@@ -82,12 +89,12 @@ def eval_segments(config: DecontaminateConfig) -> dict[str, list[str]]:
     return sets
 
 
+@stage("decontaminate", order=70, config=DecontaminateConfig, help="n-gram overlap with evaluation sets")
 class Decontaminate(Stage):
-    name = "decontaminate"
     columns = {"eval_overlap": pa.string()}
 
-    def __init__(self, config: DecontaminateConfig):
-        self.config = config
+    def setup(self) -> None:
+        config = self.config
         by_size: dict[int, dict[int, int]] = {}
         self.set_names = list(eval_segments(config).items())
         for index, (_, segments) in enumerate(self.set_names):

@@ -20,12 +20,11 @@ import xxhash
 
 from indictune.core import text
 from indictune.core.recipe import field
-from indictune.data.stages import CorpusStage, Record
+from indictune.data.stages import CorpusStage, Record, StageConfig, StageError, stage
 
 
 @dataclass
-class RepeatedLinesConfig:
-    enabled: bool = True
+class RepeatedLinesConfig(StageConfig):
     min_documents: int = field(
         10, help="a line found in this many documents of one source is boilerplate (menus, bylines, share buttons)"
     )
@@ -34,19 +33,19 @@ class RepeatedLinesConfig:
     min_words_left: int = field(5, help="reject a document left with fewer words: only_repeated_lines")
 
 
+@stage("repeated_lines", order=80, config=RepeatedLinesConfig, help="lines repeated across many documents of a source")
 class RepeatedLines(CorpusStage):
-    name = "repeated_lines"
     columns = {"repeated_lines_removed": pa.int32()}
 
-    def __init__(self, config: RepeatedLinesConfig):
-        self.config = config
-        self.kinds = tuple(config.kinds)
+    def setup(self) -> None:
+        self.kinds = tuple(self.config.kinds)
         self.documents_with: Counter[int] = Counter()
 
     def _keys(self, record: Record) -> list[int | None]:
         return [
             xxhash.xxh64_intdigest(f"{record['source']}\n{text.comparison_key(line)}".encode())
-            if len(line.strip()) >= self.config.min_line_chars else None
+            if len(line.strip()) >= self.config.min_line_chars
+            else None
             for line in record["text"].split("\n")
         ]
 
@@ -66,8 +65,7 @@ class RepeatedLines(CorpusStage):
 
 
 @dataclass
-class DedupConfig:
-    enabled: bool = True
+class DedupConfig(StageConfig):
     exact: bool = field(True, help="drop records whose comparison key equals an earlier record's")
     near: bool = field(True, help="MinHash LSH near-duplicate clusters, one record kept per cluster")
     ngram: int = field(5, help="words per shingle (vowel signs and viramas stay inside words)")
@@ -76,7 +74,12 @@ class DedupConfig:
     threshold: float = field(0.7, help="estimated Jaccard similarity a candidate pair must reach to be merged")
     seed: int = field(1, help="seed of the permutations: signatures from different seeds do not compare")
 
+    def __post_init__(self) -> None:
+        if self.num_perm % self.bands:
+            raise StageError(f"num_perm ({self.num_perm}) must be a multiple of bands ({self.bands})")
 
+
+@stage("dedup", order=90, config=DedupConfig, help="exact and MinHash near duplicates")
 class Dedup(CorpusStage):
     """Exact duplicates by a 128-bit hash of the comparison key; near duplicates by MinHash LSH.
 
@@ -87,13 +90,10 @@ class Dedup(CorpusStage):
     (for FineWeb-2-style rehydration).
     """
 
-    name = "dedup"
     columns = {"text_hash": pa.string(), "duplicate_of": pa.string(), "cluster_size": pa.int32()}
 
-    def __init__(self, config: DedupConfig):
-        if config.num_perm % config.bands:
-            raise ValueError(f"dedup: num_perm ({config.num_perm}) must be a multiple of bands ({config.bands})")
-        self.config = config
+    def setup(self) -> None:
+        config = self.config
         self.rows = config.num_perm // config.bands
         rng = np.random.default_rng(config.seed)
         self.multipliers = rng.integers(1, 2**63, size=config.num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)

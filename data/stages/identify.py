@@ -22,7 +22,7 @@ import regex
 
 from indictune.core import languages, text
 from indictune.core.recipe import field
-from indictune.data.stages import Record, Stage
+from indictune.data.stages import Record, Stage, StageConfig, stage
 
 # Krutidev 010 / DevLys 010 spellings of frequent Hindi words: है का के की में और से को कि यह था भी पर एक नहीं हैं इस लिए
 KRUTIDEV_WORDS = frozenset("gS dk ds dh esa vkSj ls dks fd ;g Fkk Hkh ij ,d ugha gSa bl fy,".split())
@@ -45,8 +45,9 @@ _LATIN_WORD = regex.compile(r"(?<![\w\p{M}])[A-Za-z\u00c0-\u024f]")  # a word th
 @lru_cache(maxsize=None)
 def _foreign_letter(scripts: tuple[str, ...]) -> "regex.Pattern":
     """A letter outside `scripts`: lines without one need no counting."""
-    ranges = "".join(f"{regex.escape(chr(lo))}-{regex.escape(chr(hi))}" for s in scripts
-                     for lo, hi in languages.SCRIPTS[s].ranges)
+    ranges = "".join(
+        f"{regex.escape(chr(lo))}-{regex.escape(chr(hi))}" for s in scripts for lo, hi in languages.SCRIPTS[s].ranges
+    )
     return regex.compile(f"[[\\p{{L}}\\p{{M}}]--[{ranges}]]", regex.V1)
 
 
@@ -80,8 +81,9 @@ def _fasttext_model(path: str):
     try:
         import fasttext
     except ImportError as err:
-        raise ImportError(f"identify.fasttext_model is set ({path}) but fasttext is not installed: "
-                          "pip install fasttext-wheel") from err
+        raise ImportError(
+            f"identify.fasttext_model is set ({path}) but fasttext is not installed: pip install fasttext-wheel"
+        ) from err
     return fasttext.load_model(path)
 
 
@@ -95,8 +97,7 @@ def fasttext_language(content: str, path: str) -> tuple[str | None, float]:
 
 
 @dataclass
-class IdentifyConfig:
-    enabled: bool = True
+class IdentifyConfig(StageConfig):
     trust_declared: bool = field(
         True, help="keep a declared language when its script matches; false re-guesses shared-script languages"
     )
@@ -106,11 +107,13 @@ class IdentifyConfig:
     min_lang_score: float = field(0.0, help="reject a guessed language below this probability (FineWeb-2 hi: 0.69)")
     romanized: Literal["keep", "drop"] = field("keep", help="keep or drop Indic text in Latin letters")
     min_romanized_score: float = field(0.12, help="share of romanized Hindi function words that flags a Latin text")
-    code_mixed_latin_words: float = field(0.15, help="share of Latin-script words from which an Indic text is code-mixed")
+    code_mixed_latin_words: float = field(
+        0.15, help="share of Latin-script words from which an Indic text is code-mixed"
+    )
 
 
+@stage("identify", order=20, config=IdentifyConfig, help="script fractions, language, romanized")
 class Identify(Stage):
-    name = "identify"
     columns = {
         "script_fraction": pa.float32(),
         "off_script_lines": pa.float32(),
@@ -118,9 +121,6 @@ class Identify(Stage):
         "romanized": pa.bool_(),
         "code_mixed": pa.bool_(),
     }
-
-    def __init__(self, config: IdentifyConfig):
-        self.config = config
 
     def _guess(self, content: str, script: str) -> tuple[str | None, float]:
         if self.config.fasttext_model:

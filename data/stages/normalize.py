@@ -17,16 +17,16 @@ package it does not declare.
 from __future__ import annotations
 
 import re
-
-import regex
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
+import regex
+
 from indictune.core import languages
 from indictune.core.recipe import field
-from indictune.data.stages import Record, Stage
+from indictune.data.stages import Record, Stage, StageConfig, stage
 
 _INDIC = "\u0900-\u0dff"
 # A colon between two Indic letters (not digits: "१०:३०" is a time) is a visarga slip; any other is a colon.
@@ -45,8 +45,15 @@ _SHIELD_KEPT = regex.compile(f"[{_KEPT}\u200c\u200d]")
 _UNSHIELD_ALL = regex.compile("[\ufdd0-\ufdef]")
 _SHIELDED = {v: k for k, v in _SHIELDS.items()}
 _TYPOGRAPHIC_RE = regex.compile(f"[{_TYPOGRAPHIC}]")
-_TYPOGRAPHIC_ASCII = {"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2013": "-", "\u2014": "-",
-                      "\u2026": "..."}
+_TYPOGRAPHIC_ASCII = {
+    "\u2018": "'",
+    "\u2019": "'",
+    "\u201c": '"',
+    "\u201d": '"',
+    "\u2013": "-",
+    "\u2014": "-",
+    "\u2026": "...",
+}
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufeff\ufdd0-\ufdef]")
 _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
 _BLANK_RUN = re.compile(r"\n{3,}")
@@ -69,8 +76,15 @@ def _indic_normalizer(code: str):
     return IndicNormalizerFactory().get_normalizer(code)
 
 
-def normalize_text(text: str, lang: str | None = None, digits: str = "keep", nukta: str = "keep",
-                   candrabindu: str = "keep", danda: str = "unicode", punctuation: str = "keep") -> str:
+def normalize_text(
+    text: str,
+    lang: str | None = None,
+    digits: str = "keep",
+    nukta: str = "keep",
+    candrabindu: str = "keep",
+    danda: str = "unicode",
+    punctuation: str = "keep",
+) -> str:
     """The text every later stage, the tokenizer and training see. ``lang`` None: by dominant script."""
     text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
     text = _CONTROL.sub("", text)
@@ -109,8 +123,7 @@ def normalize_text(text: str, lang: str | None = None, digits: str = "keep", nuk
 
 
 @dataclass
-class NormalizeConfig:
-    enabled: bool = True
+class NormalizeConfig(StageConfig):
     digits: Literal["keep", "ascii", "native"] = field(
         "keep", help="keep digits as written, map all to ASCII, or map ASCII digits to the language's own"
     )
@@ -120,15 +133,16 @@ class NormalizeConfig:
     punctuation: Literal["keep", "ascii"] = field("keep", help="keep curly quotes, dashes and … or write them in ASCII")
 
 
+@stage("normalize", order=10, config=NormalizeConfig, help="NFC + indic-nlp-library + policies")
 class Normalize(Stage):
-    name = "normalize"
-
-    def __init__(self, config: NormalizeConfig):
-        self.config = config
-
     def process(self, record: Record) -> str | None:
         record["text"] = normalize_text(
-            record["text"], record["lang"], self.config.digits, self.config.nukta, self.config.candrabindu,
-            self.config.danda, self.config.punctuation,
+            record["text"],
+            record["lang"],
+            self.config.digits,
+            self.config.nukta,
+            self.config.candrabindu,
+            self.config.danda,
+            self.config.punctuation,
         )
         return None

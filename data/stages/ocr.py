@@ -21,7 +21,7 @@ import regex
 
 from indictune.core import languages
 from indictune.core.recipe import field
-from indictune.data.stages import Record, Stage
+from indictune.data.stages import Record, Stage, StageConfig, stage
 
 _PAGE_NUMBER = regex.compile(r"^[\s\-–—\[\](){}|.]*(?:\d+|[ivxlcdm]+)[\s\-–—\[\](){}|.]*$", regex.IGNORECASE)
 _DETACHED_SIGN = regex.compile(r"(?<=\p{L}\p{M}*)[ \u25cc]+(?=\p{M})")  # "क ि" or "क◌ि" -> "कि"
@@ -30,17 +30,25 @@ _WORD_START = regex.compile(r"^([\p{L}\p{M}]+)")
 _SENTENCE_END = tuple("।॥.?!\"”'’")
 # Two-part Devanagari vowels and their one-code-point forms (The Unicode Standard, table 12-1).
 _TWO_PART_VOWELS = {
-    "\u0905\u093e": "\u0906", "\u0905\u0949": "\u0911", "\u0905\u094a": "\u0912", "\u0905\u094b": "\u0913",
-    "\u0905\u094c": "\u0914", "\u090f\u0945": "\u090d", "\u090f\u0946": "\u090e", "\u090f\u0947": "\u0910",
-    "\u093e\u0945": "\u0949", "\u093e\u0946": "\u094a", "\u093e\u0947": "\u094b", "\u093e\u0948": "\u094c",
+    "\u0905\u093e": "\u0906",
+    "\u0905\u0949": "\u0911",
+    "\u0905\u094a": "\u0912",
+    "\u0905\u094b": "\u0913",
+    "\u0905\u094c": "\u0914",
+    "\u090f\u0945": "\u090d",
+    "\u090f\u0946": "\u090e",
+    "\u090f\u0947": "\u0910",
+    "\u093e\u0945": "\u0949",
+    "\u093e\u0946": "\u094a",
+    "\u093e\u0947": "\u094b",
+    "\u093e\u0948": "\u094c",
 }
 _TWO_PART = regex.compile("|".join(_TWO_PART_VOWELS))
 EDGE_LINES = 2  # how many lines at the top and at the bottom of a page can be header, footer or number
 
 
 @dataclass
-class OcrConfig:
-    enabled: bool = True
+class OcrConfig(StageConfig):
     header_min_fraction: float = field(
         0.3, help="a top/bottom line is a running header/footer when it repeats on this share of a book's pages"
     )
@@ -70,13 +78,10 @@ def _garbage_ratio(text: str, scripts: tuple[str, ...]) -> float:
     return 1 - expected / total
 
 
+@stage("ocr", order=30, config=OcrConfig, help="headers, page numbers, hyphens, confidences (kind: ocr)")
 class Ocr(Stage):
-    name = "ocr"
     kinds = ("ocr",)
     columns = {"ocr_lines_removed": pa.int32(), "ocr_confusions_repaired": pa.int32()}
-
-    def __init__(self, config: OcrConfig):
-        self.config = config
 
     def process_batch(self, records: list[Record]) -> list[str | None]:
         books: dict[str, list[Record]] = defaultdict(list)

@@ -17,19 +17,30 @@ import pyarrow as pa
 
 from indictune.core import languages
 from indictune.core.recipe import field
-from indictune.data.stages import Record, Stage
+from indictune.data.stages import Record, Stage, StageConfig, stage
 
 # Verhoeff check digits: multiplication in the dihedral group D5, and the position permutation.
 _D5 = [
-    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 2, 3, 4, 0, 6, 7, 8, 9, 5], [2, 3, 4, 0, 1, 7, 8, 9, 5, 6],
-    [3, 4, 0, 1, 2, 8, 9, 5, 6, 7], [4, 0, 1, 2, 3, 9, 5, 6, 7, 8], [5, 9, 8, 7, 6, 0, 4, 3, 2, 1],
-    [6, 5, 9, 8, 7, 1, 0, 4, 3, 2], [7, 6, 5, 9, 8, 2, 1, 0, 4, 3], [8, 7, 6, 5, 9, 3, 2, 1, 0, 4],
+    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+    [1, 2, 3, 4, 0, 6, 7, 8, 9, 5],
+    [2, 3, 4, 0, 1, 7, 8, 9, 5, 6],
+    [3, 4, 0, 1, 2, 8, 9, 5, 6, 7],
+    [4, 0, 1, 2, 3, 9, 5, 6, 7, 8],
+    [5, 9, 8, 7, 6, 0, 4, 3, 2, 1],
+    [6, 5, 9, 8, 7, 1, 0, 4, 3, 2],
+    [7, 6, 5, 9, 8, 2, 1, 0, 4, 3],
+    [8, 7, 6, 5, 9, 3, 2, 1, 0, 4],
     [9, 8, 7, 6, 5, 4, 3, 2, 1, 0],
 ]
 _PERMUTATION = [
-    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 5, 7, 6, 2, 8, 3, 0, 9, 4], [5, 8, 0, 3, 7, 9, 6, 1, 4, 2],
-    [8, 9, 1, 6, 0, 4, 3, 5, 2, 7], [9, 4, 5, 3, 1, 2, 6, 8, 7, 0], [4, 2, 8, 6, 5, 7, 3, 9, 0, 1],
-    [2, 7, 9, 3, 8, 0, 6, 4, 1, 5], [7, 0, 4, 6, 9, 1, 3, 2, 5, 8],
+    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+    [1, 5, 7, 6, 2, 8, 3, 0, 9, 4],
+    [5, 8, 0, 3, 7, 9, 6, 1, 4, 2],
+    [8, 9, 1, 6, 0, 4, 3, 5, 2, 7],
+    [9, 4, 5, 3, 1, 2, 6, 8, 7, 0],
+    [4, 2, 8, 6, 5, 7, 3, 9, 0, 1],
+    [2, 7, 9, 3, 8, 0, 6, 4, 1, 5],
+    [7, 0, 4, 6, 9, 1, 3, 2, 5, 8],
 ]
 
 
@@ -53,8 +64,10 @@ def gstin_valid(gstin: str) -> bool:
 
 
 # State and union-territory codes of Indian registration plates (and BH, the Bharat series).
-_VEHICLE_STATES = ("AN AP AR AS BR CG CH DD DL DN GA GJ HP HR JH JK KA KL LA LD MH ML MN MP MZ NL OD OR PB PY RJ "
-                   "SK TN TR TS UK UA UP WB").split()
+_VEHICLE_STATES = (
+    "AN AP AR AS BR CG CH DD DL DN GA GJ HP HR JH JK KA KL LA LD MH ML MN MP MZ NL OD OR PB PY RJ "
+    "SK TN TR TS UK UA UP WB"
+).split()
 
 
 def _digits(match: re.Match) -> str:
@@ -66,11 +79,17 @@ PATTERNS: list[tuple[str, re.Pattern, Callable[[re.Match], bool] | None]] = [
     ("email", re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"), None),
     # UPI: name@handle, the handle without a dot (okaxis, ybl, paytm); e-mails are gone by now.
     ("upi", re.compile(r"(?<![\w.@-])[A-Za-z0-9][A-Za-z0-9._-]{1,255}@[A-Za-z][A-Za-z0-9]{1,63}(?![\w.@-])"), None),
-    ("gstin", re.compile(r"(?<![A-Z0-9])[0-3][0-9][A-Z]{5}[0-9]{4}[A-Z][1-9A-Z]Z[0-9A-Z](?![A-Z0-9])"),
-     lambda m: gstin_valid(m.group())),
+    (
+        "gstin",
+        re.compile(r"(?<![A-Z0-9])[0-3][0-9][A-Z]{5}[0-9]{4}[A-Z][1-9A-Z]Z[0-9A-Z](?![A-Z0-9])"),
+        lambda m: gstin_valid(m.group()),
+    ),
     ("ifsc", re.compile(r"(?<![A-Z0-9])[A-Z]{4}0[A-Z0-9]{6}(?![A-Z0-9])"), None),
-    ("aadhaar", re.compile(r"(?<![0-9])[2-9][0-9]{3}[ -]?[0-9]{4}[ -]?[0-9]{4}(?![0-9])"),
-     lambda m: verhoeff_valid(_digits(m))),
+    (
+        "aadhaar",
+        re.compile(r"(?<![0-9])[2-9][0-9]{3}[ -]?[0-9]{4}[ -]?[0-9]{4}(?![0-9])"),
+        lambda m: verhoeff_valid(_digits(m)),
+    ),
     ("pan", re.compile(r"(?<![A-Z0-9])[A-Z]{3}[PCHFATBLJG][A-Z][0-9]{4}[A-Z](?![A-Z0-9])"), None),
     # Mobile: an optional +91 / 0091 / 0, then ten digits starting 6-9.
     ("phone", re.compile(r"(?<![0-9+])(?:(?:\+91|0091)[ -]?|0)?[6-9][0-9]{4}[ -]?[0-9]{5}(?![0-9])"), None),
@@ -79,8 +98,11 @@ PATTERNS: list[tuple[str, re.Pattern, Callable[[re.Match], bool] | None]] = [
     ("phone", re.compile(r"(?<![0-9+])0[1-9][0-9]{1,3}[ -][0-9]{6,8}(?![0-9])"), lambda m: len(_digits(m)) == 11),
 ]
 PATTERNS += [
-    ("vehicle", re.compile(r"(?<![A-Z0-9])(?P<state>[A-Z]{2})[ -]?[0-9]{1,2}[ -]?[A-Z]{1,3}[ -]?[0-9]{4}(?![A-Z0-9])"),
-     lambda m: m["state"] in _VEHICLE_STATES),
+    (
+        "vehicle",
+        re.compile(r"(?<![A-Z0-9])(?P<state>[A-Z]{2})[ -]?[0-9]{1,2}[ -]?[A-Z]{1,3}[ -]?[0-9]{4}(?![A-Z0-9])"),
+        lambda m: m["state"] in _VEHICLE_STATES,
+    ),
     ("vehicle", re.compile(r"(?<![A-Z0-9])[0-9]{2}[ -]?BH[ -]?[0-9]{4}[ -]?[A-Z]{1,2}(?![A-Z0-9])"), None),
 ]
 KINDS = tuple(dict.fromkeys(kind for kind, _, _ in PATTERNS))
@@ -119,17 +141,13 @@ def redact(text: str) -> tuple[str, dict[str, int]]:
 
 
 @dataclass
-class PiiConfig:
-    enabled: bool = True
+class PiiConfig(StageConfig):
     drop_if_more_than: int | None = field(None, help="drop a record with more identifiers than this (None: never)")
 
 
+@stage("pii", order=50, config=PiiConfig, help="emails, phones, Indian identifiers -> placeholders")
 class Pii(Stage):
-    name = "pii"
     columns = {f"pii_{kind}": pa.int32() for kind in KINDS}
-
-    def __init__(self, config: PiiConfig):
-        self.config = config
 
     def process(self, record: Record) -> str | None:
         record["text"], counts = redact(record["text"])

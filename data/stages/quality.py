@@ -19,7 +19,7 @@ import regex
 
 from indictune.core import languages, text
 from indictune.core.recipe import field
-from indictune.data.stages import Record, Stage
+from indictune.data.stages import Record, Stage, StageConfig, stage
 
 
 def duplicate_fraction(units: list[str]) -> float:
@@ -68,10 +68,11 @@ def bad_words(path: str, lang: str) -> frozenset[str]:
 
 
 @dataclass
-class QualityConfig:
-    enabled: bool = True
+class QualityConfig(StageConfig):
     min_words: int = field(20, help="fewer words than this: too_short")
-    min_script_fraction: float = field(0.6, help="share of letters in the language's scripts below this: low_script_fraction")
+    min_script_fraction: float = field(
+        0.6, help="share of letters in the language's scripts below this: low_script_fraction"
+    )
     max_symbol_ratio: float = field(0.2, help="share of symbol characters above this: too_many_symbols (setu: 0.2)")
     max_digit_ratio: float = field(0.3, help="share of digits above this: too_many_digits")
     min_alphabetic_words: float = field(0.7, help="share of words with a letter below this: too_few_alphabetic_words")
@@ -79,18 +80,21 @@ class QualityConfig:
         None, help="share of repeated lines above this: repeated_lines (None: FineWeb-2's value per language, else 0.3)"
     )
     max_duplicate_paragraph_fraction: float = field(0.3, help="share of repeated paragraphs: repeated_paragraphs")
-    max_duplicate_ngram_fraction: float = field(0.2, help="share of characters in repeated word 5-grams: repeated_ngrams")
+    max_duplicate_ngram_fraction: float = field(
+        0.2, help="share of characters in repeated word 5-grams: repeated_ngrams"
+    )
     min_stopwords: int = field(2, help="fewer stop words of the language than this: no_stopwords (FineWeb-2: 2)")
     min_words_for_ratios: int = field(
-        50, help="digit, alphabetic-word, word-length, repetition and stop-word checks apply from this many words on: "
-        "on a sentence or a headline those ratios are noise"
+        50,
+        help="digit, alphabetic-word, word-length, repetition and stop-word checks apply from this many words on: "
+        "on a sentence or a headline those ratios are noise",
     )
     bad_words: str | None = field(None, help="a word list, or a directory of <lang>.txt lists (one entry per line)")
     max_bad_word_fraction: float = field(0.01, help="share of words on the bad-word list above this: bad_words")
 
 
+@stage("quality", order=60, config=QualityConfig, help="heuristic filters")
 class Quality(Stage):
-    name = "quality"
     columns = {
         "n_words": pa.int32(),
         "avg_word_length": pa.float32(),
@@ -102,9 +106,6 @@ class Quality(Stage):
         "duplicate_ngram_fraction": pa.float32(),
         "stopwords": pa.int32(),
     }
-
-    def __init__(self, config: QualityConfig):
-        self.config = config
 
     def process(self, record: Record) -> str | None:
         content = record["text"]
@@ -125,8 +126,11 @@ class Quality(Stage):
             stopwords=sum(map(stopwords.__contains__, map(str.lower, words))),
         )
         c = self.config
-        max_duplicate_lines = (c.max_duplicate_line_fraction if c.max_duplicate_line_fraction is not None
-                               else languages.DUPLICATE_LINE_FRACTION.get(record["lang"], 0.3))
+        max_duplicate_lines = (
+            c.max_duplicate_line_fraction
+            if c.max_duplicate_line_fraction is not None
+            else languages.DUPLICATE_LINE_FRACTION.get(record["lang"], 0.3)
+        )
         if not words:
             return "empty"
         if len(words) < c.min_words:

@@ -4,9 +4,9 @@ Two kinds of base: SentencePiece models (Llama-2, Mistral, Gemma style; ``spm``)
 ``tokenizer.json`` files or Llama-3 tiktoken files (Llama-3, Qwen, GPT style; ``bytelevel``).
 
 The output directory loads with ``AutoTokenizer.from_pretrained``. It also holds, for a SentencePiece
-base, the merged ``tokenizer.model``, and always ``new_tokens.json`` (the added pieces and their ids) and ``fertility.json``/``.md``
-(tokens per word per language, base vs extended, on held-out text). Before anything is written the
-result is checked: every base id must be unchanged, every checked line must decode back to itself, and
+base, the merged ``tokenizer.model``, and always ``new_tokens.json`` (the added pieces and their ids) and
+``fertility.json``/``.md`` (tokens per word per language, base vs extended, on held-out text). Before anything
+is written the result is checked: every base id must be unchanged, every checked line must decode back to itself, and
 the Hugging Face tokenizer must produce exactly the SentencePiece model's ids, except where the base
 tokenizer itself departs from its own SentencePiece model (see ``base_quirks``).
 """
@@ -25,9 +25,9 @@ import yaml
 from transformers import AutoTokenizer, LlamaTokenizer
 from transformers.utils import cached_file
 
-from indictune.core.paths import shared_data_dir
 from indictune.core import languages
 from indictune.core.io import atomic_directory
+from indictune.core.paths import shared_data_dir
 from indictune.core.recipe import field, to_dict
 from indictune.data.corpus import load_corpus
 from indictune.training.tokenizer import bytelevel, spm
@@ -63,8 +63,9 @@ class TokenizerConfig:
         None, help="train this many pieces for each language on its own text (instead of vocab_size over all)"
     )
     holdout_fraction: float = field(
-        0.1, help="byte-level BPE: share of the sampled lines set aside; a new token this text never produces "
-        "(and no produced token is built from) is dropped"
+        0.1,
+        help="byte-level BPE: share of the sampled lines set aside; a new token this text never produces "
+        "(and no produced token is built from) is dropped",
     )
 
 
@@ -107,11 +108,23 @@ def base_quirks(base, base_proto, lines: list[str]) -> set[int]:
     return spaced | disagreements(base, base_proto, lines)
 
 
+def lossy_lines(tokenizer, lines: list[str]) -> list[int]:
+    """Indices of the lines `tokenizer` does not decode back to themselves."""
+    encoded = tokenizer(lines, add_special_tokens=False)["input_ids"]
+    return [i for i, (line, ids) in enumerate(zip(lines, encoded)) if tokenizer.decode(ids) != line]
+
+
+def require_base_ids_kept(tokenizer, base) -> None:
+    """Every token of `base` must keep its id in the extended `tokenizer`."""
+    vocab = tokenizer.get_vocab()
+    if any(vocab.get(token) != i for token, i in base.get_vocab().items()):
+        raise RuntimeError("the extended tokenizer moved base ids; this is a bug, please report it")
+
+
 def check(tokenizer, proto, lines: list[str], base_quirk_lines: set[int]) -> None:
     """Every line must decode back to itself, and be encoded as SentencePiece encodes it (but for base quirks)."""
     differ = sorted(disagreements(tokenizer, proto, lines) - base_quirk_lines)
-    encoded = tokenizer(lines, add_special_tokens=False)["input_ids"]
-    lossy = [i for i, (line, ids) in enumerate(zip(lines, encoded)) if tokenizer.decode(ids) != line]
+    lossy = lossy_lines(tokenizer, lines)
     if differ or lossy:
         example = lines[(differ or lossy)[0]]
         raise RuntimeError(
@@ -124,7 +137,11 @@ def load_base(name: str, trust_remote_code: bool):
     """The base tokenizer and its SentencePiece model (None for a byte-level BPE base)."""
     path = Path(name)
     tiktoken_file = path if path.is_file() else path / "tokenizer.model"
-    if tiktoken_file.is_file() and not (path / "tokenizer.json").is_file() and bytelevel.is_tiktoken_file(tiktoken_file):
+    if (
+        tiktoken_file.is_file()
+        and not (path / "tokenizer.json").is_file()
+        and bytelevel.is_tiktoken_file(tiktoken_file)
+    ):
         return bytelevel.from_tiktoken(tiktoken_file), None
     base = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     try:
@@ -145,11 +162,17 @@ def _set_aside(lines: list[str], holdout_fraction: float) -> tuple[list[str], li
     """(lines to train on, every `1 / holdout_fraction`-th line set aside); nothing set aside at 0."""
     step = max(2, round(1 / holdout_fraction)) if holdout_fraction > 0 else 0
     return [line for i, line in enumerate(lines) if not step or i % step], [
-        line for i, line in enumerate(lines) if step and i % step == 0] or lines
+        line for i, line in enumerate(lines) if step and i % step == 0
+    ] or lines
 
 
-def extend_byte_level(base, lines: list[str] | dict[str, list[str]], new_pieces: int | dict[str, int],
-                      check_lines: list[str], holdout_fraction: float):
+def extend_byte_level(
+    base,
+    lines: list[str] | dict[str, list[str]],
+    new_pieces: int | dict[str, int],
+    check_lines: list[str],
+    holdout_fraction: float,
+):
     """`base` (a fast byte-level BPE tokenizer) extended with BPE merges trained on `lines`; (tokenizer, added).
 
     Every `1 / holdout_fraction`-th line is set aside: the merges are trained on the others, and a new
@@ -159,10 +182,12 @@ def extend_byte_level(base, lines: list[str] | dict[str, list[str]], new_pieces:
     """
     if isinstance(lines, dict):
         split = {lang: _set_aside(lines[lang], holdout_fraction) for lang in new_pieces}
-        merges = bytelevel.interleave([
-            bytelevel.merges_of(bytelevel.train(split[lang][0], n, base.backend_tokenizer))
-            for lang, n in new_pieces.items()
-        ])
+        merges = bytelevel.interleave(
+            [
+                bytelevel.merges_of(bytelevel.train(split[lang][0], n, base.backend_tokenizer))
+                for lang, n in new_pieces.items()
+            ]
+        )
         aside = [line for lang in new_pieces for line in split[lang][1]]
     else:
         train_lines, aside = _set_aside(lines, holdout_fraction)
@@ -172,14 +197,13 @@ def extend_byte_level(base, lines: list[str] | dict[str, list[str]], new_pieces:
         base.save_pretrained(tmp)
         (Path(tmp) / "tokenizer.json").write_text(backend.to_str(), encoding="utf-8")
         tokenizer = AutoTokenizer.from_pretrained(tmp)
-    vocab = tokenizer.get_vocab()
-    if any(vocab.get(token) != i for token, i in base.get_vocab().items()):
-        raise RuntimeError("the extended tokenizer moved base ids; this is a bug, please report it")
-    encoded = tokenizer(check_lines, add_special_tokens=False)["input_ids"]
-    lossy = [line for line, ids in zip(check_lines, encoded) if tokenizer.decode(ids) != line]
+    require_base_ids_kept(tokenizer, base)
+    lossy = lossy_lines(tokenizer, check_lines)
     if lossy:
-        raise RuntimeError(f"the extended tokenizer does not decode {len(lossy)} of {len(check_lines)} lines back "
-                           f"to themselves; first: {lossy[0][:80]!r}")
+        raise RuntimeError(
+            f"the extended tokenizer does not decode {len(lossy)} of {len(check_lines)} lines back "
+            f"to themselves; first: {check_lines[lossy[0]][:80]!r}"
+        )
     return tokenizer, added
 
 
@@ -189,7 +213,9 @@ def heldout_texts(pattern: str | None, langs: list[str]) -> dict[str, list[str]]
         path = _heldout_path(pattern, code)
         if not path.is_file():
             raise FileNotFoundError(f"fertility_text for {code}: {path} does not exist")
-        texts[languages.get(code).code] = [line for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+        texts[languages.get(code).code] = [
+            line for line in path.read_text(encoding="utf-8").split("\n") if line.strip()
+        ]
     return texts
 
 
@@ -198,9 +224,7 @@ def verify(tokenizer, proto, base, base_proto, lines: list[str], base_name: str 
     if base is None:
         check(tokenizer, proto, lines, set())
         return set()
-    vocab = tokenizer.get_vocab()
-    if any(vocab.get(token) != i for token, i in base.get_vocab().items()):
-        raise RuntimeError("the extended tokenizer moved base ids; this is a bug, please report it")
+    require_base_ids_kept(tokenizer, base)
     quirks = base_quirks(base, base_proto, lines)
     if len(quirks) > len(lines) / 2:
         raise ValueError(
@@ -215,7 +239,9 @@ def verify(tokenizer, proto, base, base_proto, lines: list[str], base_name: str 
 def training_text(config: TokenizerConfig) -> dict[str, list[str]]:
     """{"text": [...], "lang": [...]} from the prepared corpora and the plain-text files of the recipe."""
     if not config.train_data and not config.train_text:
-        raise ValueError("nothing to train on: set train_data (prepared corpora) or train_text (text files by language)")
+        raise ValueError(
+            "nothing to train on: set train_data (prepared corpora) or train_text (text files by language)"
+        )
     texts: list[str] = []
     langs: list[str] = []
     if config.train_data:
@@ -245,31 +271,33 @@ def _lines_per_language(corpus, targets: dict[str, int]) -> dict[str, list[str]]
 
 def build(config: TokenizerConfig) -> dict:
     corpus = training_text(config)
-    lines, taken = spm.sample_lines(corpus["text"], corpus["lang"], config.temperature, config.max_characters,
-                                    config.seed)
-    base, base_proto = load_base(config.base_tokenizer, config.trust_remote_code) if config.base_tokenizer else (None, None)
+    lines, taken = spm.sample_lines(
+        corpus["text"], corpus["lang"], config.temperature, config.max_characters, config.seed
+    )
+    base, base_proto = (
+        load_base(config.base_tokenizer, config.trust_remote_code) if config.base_tokenizer else (None, None)
+    )
     heldout = heldout_texts(config.fertility_text, config.fertility_languages or config.languages or sorted(taken))
     check_lines = (lines + [line for texts in heldout.values() for line in texts])[: config.check_lines]
     targets = {languages.get(k).code: n for k, n in (config.pieces_per_language or {}).items()}
     per_language = _lines_per_language(corpus, targets) if targets else None
     if base is not None and base_proto is None:
-        tokenizer, added = extend_byte_level(base, per_language or lines, targets or config.vocab_size,
-                                             check_lines, config.holdout_fraction)
+        tokenizer, added = extend_byte_level(
+            base, per_language or lines, targets or config.vocab_size, check_lines, config.holdout_fraction
+        )
         proto, quirks = None, set()
     else:
-        if per_language:  # one model per language, merged in turn (languages rarely share pieces)
-            if base is None:
-                raise ValueError("pieces_per_language needs a base_tokenizer to extend; use vocab_size for a new one")
-            proto, added = base_proto, []
-            for lang, n in targets.items():
-                trained = spm.train(per_language[lang], n, model_type=config.model_type,
-                                    character_coverage=config.character_coverage)
-                proto, more = spm.merge(proto, trained)
-                added += more
-        else:
-            trained = spm.train(lines, config.vocab_size, model_type=config.model_type,
-                                character_coverage=config.character_coverage)
-            proto, added = spm.merge(base_proto, trained) if base is not None else (trained, [])
+        if per_language and base is None:
+            raise ValueError("pieces_per_language needs a base_tokenizer to extend; use vocab_size for a new one")
+        # One model per language, merged in turn (languages rarely share pieces), or one over all the lines.
+        jobs = [(per_language[lang], n) for lang, n in targets.items()] or [(lines, config.vocab_size)]
+        proto, added = base_proto, []
+        for job_lines, pieces in jobs:
+            trained = spm.train(
+                job_lines, pieces, model_type=config.model_type, character_coverage=config.character_coverage
+            )
+            proto, more = spm.merge(proto, trained) if proto is not None else (trained, [])
+            added += more
         tokenizer = _hf_tokenizer(proto, config.base_tokenizer, config.trust_remote_code)
         quirks = verify(tokenizer, proto, base, base_proto, check_lines, config.base_tokenizer)
 
@@ -292,9 +320,7 @@ def build(config: TokenizerConfig) -> dict:
         tokenizer.save_pretrained(partial)
         if proto is not None:
             (partial / "tokenizer.model").write_bytes(proto.SerializeToString())
-        (partial / "new_tokens.json").write_text(
-            json.dumps(new_ids, ensure_ascii=False, indent=0)
-        )
+        (partial / "new_tokens.json").write_text(json.dumps(new_ids, ensure_ascii=False, indent=0))
         (partial / "fertility.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
         (partial / "fertility.md").write_text(fertility_table(report) if report else "no fertility_text given\n")
         (partial / "recipe.yaml").write_text(yaml.safe_dump(to_dict(config), allow_unicode=True, sort_keys=False))

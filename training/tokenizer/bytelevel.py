@@ -30,9 +30,17 @@ from tokenizers import Tokenizer, models, trainers
 from tokenizers.pre_tokenizers import ByteLevel
 
 LLAMA3_SPECIAL = [
-    "<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>",
-    "<|finetune_right_pad_id|>", "<|reserved_special_token_2|>", "<|start_header_id|>", "<|end_header_id|>",
-    "<|eom_id|>", "<|eot_id|>", "<|python_tag|>",
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|reserved_special_token_0|>",
+    "<|reserved_special_token_1|>",
+    "<|finetune_right_pad_id|>",
+    "<|reserved_special_token_2|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eom_id|>",
+    "<|eot_id|>",
+    "<|python_tag|>",
 ] + [f"<|reserved_special_token_{i}|>" for i in range(3, 248)]
 
 
@@ -52,8 +60,7 @@ def from_tiktoken(path: Path):
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
     backend = TikTokenConverter(vocab_file=str(path), extra_special_tokens=LLAMA3_SPECIAL).converted()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|begin_of_text|>",
-                                   eos_token="<|end_of_text|>")
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>")
 
 
 def is_byte_level_bpe(tokenizer) -> bool:
@@ -93,8 +100,12 @@ def train(lines: list[str], new_pieces: int, like: Tokenizer, min_frequency: int
     trained = Tokenizer(models.BPE())
     trained.pre_tokenizer = with_marks_in_words(like).pre_tokenizer
     trained.normalizer = like.normalizer
-    trainer = trainers.BpeTrainer(vocab_size=len(ByteLevel.alphabet()) + new_pieces, min_frequency=min_frequency,
-                                  initial_alphabet=ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=len(ByteLevel.alphabet()) + new_pieces,
+        min_frequency=min_frequency,
+        initial_alphabet=ByteLevel.alphabet(),
+        show_progress=False,
+    )
     trained.train_from_iterator(lines, trainer)
     return trained
 
@@ -140,7 +151,9 @@ def interleave(merge_lists: list[list[tuple[str, str]]]) -> list[tuple[str, str]
     return [merges[i] for i in range(longest) for merges in merge_lists if i < len(merges)]
 
 
-def extend(base: Tokenizer, trained: Tokenizer | list[tuple[str, str]], lines: list[str]) -> tuple[Tokenizer, list[str]]:
+def extend(
+    base: Tokenizer, trained: Tokenizer | list[tuple[str, str]], lines: list[str]
+) -> tuple[Tokenizer, list[str]]:
     """`base` with the tokens `trained` (a model, or its merges) makes that it lacks, each with merges that
     build it from what the base's own merges leave of it; minus those no line of `lines` uses. Returns the
     tokenizer and the new tokens."""
@@ -163,8 +176,12 @@ def extend(base: Tokenizer, trained: Tokenizer | list[tuple[str, str]], lines: l
     base_size = max([*spec["model"]["vocab"].values(), *(t["id"] for t in spec.get("added_tokens", []))]) + 1
     while True:
         extended = _with_merges(spec, new)
-        used = {i for encoding in extended.encode_batch(lines, add_special_tokens=False) for i in encoding.ids
-                if i >= base_size}
+        used = {
+            i
+            for encoding in extended.encode_batch(lines, add_special_tokens=False)
+            for i in encoding.ids
+            if i >= base_size
+        }
         vocab = extended.get_vocab()
         # a token no line produces may still be the half of one that is produced: keep what live tokens need
         needed = {a + b for a, b in new if vocab[a + b] in used}

@@ -30,7 +30,10 @@ def fertility_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
     """Markdown for {lang: {tokenizer label: fertility()}}, with the change in tokens per word."""
     labels = list(next(iter(results.values())).keys()) if results else []
     header = "| language | " + " | ".join(f"{label} tokens/word" for label in labels)
-    lines = [header + (" | change |" if len(labels) == 2 else " |"), "|---|" + "---:|" * (len(labels) + (len(labels) == 2))]
+    lines = [
+        header + (" | change |" if len(labels) == 2 else " |"),
+        "|---|" + "---:|" * (len(labels) + (len(labels) == 2)),
+    ]
     for lang, by_label in results.items():
         values = [by_label[label]["tokens_per_word"] for label in labels]
         cells = " | ".join(f"{v:.2f}" for v in values)

@@ -41,8 +41,9 @@ TRAINER_DEFAULTS = dict(
 )
 
 
-def sample_lines(texts: list[str], langs: list[str], temperature: float = 1.0, max_characters: int | None = None,
-                 seed: int = 0) -> tuple[list[str], dict[str, int]]:
+def sample_lines(
+    texts: list[str], langs: list[str], temperature: float = 1.0, max_characters: int | None = None, seed: int = 0
+) -> tuple[list[str], dict[str, int]]:
     """Lines for training, each language's share of characters proportional to (its share)^(1/temperature).
 
     Temperature 1 keeps the corpus proportions; a higher temperature moves toward equal shares, so a
@@ -82,7 +83,11 @@ def train(lines: list[str], vocab_size: int, **options) -> model_pb2.ModelProto:
         corpus = Path(tmp) / "corpus.txt"
         corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
         spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=f"{tmp}/m", vocab_size=vocab_size, **settings)
-        return load(f"{tmp}/m.model")
+        proto = load(f"{tmp}/m.model")
+    # The trainer records its temporary input and output paths: gone now, and different on every run.
+    proto.trainer_spec.ClearField("input")
+    proto.trainer_spec.ClearField("model_prefix")
+    return proto
 
 
 def load(path: str | Path) -> model_pb2.ModelProto:
