@@ -63,12 +63,13 @@ class FileHashes:
             self.changed = False
 
 
-def file_sha256(path: str | Path) -> str:
-    """The sha256 of a file's contents (remembered until the file is written again)."""
+def files_sha256(paths: list[str | Path]) -> list[str]:
+    """The sha256 of each file's contents (remembered until the file is written again), with the memo read
+    and written once for all of them: a corpus may have thousands of shards."""
     hashes = FileHashes()
-    digest = hashes.sha256(path)
+    digests = [hashes.sha256(path) for path in paths]
     hashes.save()
-    return digest
+    return digests
 
 
 def weight_files(folder: str | Path) -> list[Path]:

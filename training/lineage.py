@@ -10,17 +10,17 @@ from pathlib import Path
 
 import yaml
 
-from indictune.core.hashing import file_sha256, folder_sha256, tokenizer_sha256
+from indictune.core.hashing import files_sha256, folder_sha256, tokenizer_sha256
 from indictune.core.io import atomic_write_text
 from indictune.core.lineage import code_commit
 from indictune.training.config import tokenizer_name_or_path
 
 
-def data_record(path: str) -> dict:
-    """A data file with its hash, or a dataset named by id (no local file to hash)."""
-    if Path(path).is_file():
-        return {"file": path, "sha256": file_sha256(path)}
-    return {"dataset": path}
+def data_records(paths: list[str]) -> list[dict]:
+    """Each data file with its hash, or a dataset named by id (no local file to hash)."""
+    files = [path for path in paths if Path(path).is_file()]
+    hashes = dict(zip(files, files_sha256(files)))
+    return [{"file": path, "sha256": hashes[path]} if path in hashes else {"dataset": path} for path in paths]
 
 
 def local_model_folder(name_or_path: str, revision: str | None = None) -> Path | None:
@@ -57,7 +57,7 @@ def record(
         "tokenizer": tokenizer_name_or_path(args, model_args),
         "tokenizer_sha256": tokenizer_sha256(tokenizer),
         "new_token_ids": [new_token_ids[0], new_token_ids[-1] + 1] if new_token_ids else None,
-        "data": [data_record(f) for f in data_files],
+        "data": data_records(data_files),
         "languages": args.languages,
         "world_size": training_args.world_size,
         **extra,

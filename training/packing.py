@@ -28,7 +28,7 @@ import datasets
 from trl import SFTConfig, pack_dataset
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from indictune.core.hashing import file_sha256, tokenizer_sha256
+from indictune.core.hashing import files_sha256, tokenizer_sha256
 from indictune.core.paths import cache_root
 from indictune.data.corpus import load_corpus, parquet_files
 from indictune.training.mixing import repeat_to_quota, temperature_shares
@@ -85,8 +85,8 @@ def pack(tokenized: datasets.Dataset, args: SFTConfig) -> datasets.Dataset:
 def cache_key(args, training_args: SFTConfig, tokenizer) -> str:
     recipe = {
         "format": FORMAT_VERSION,
-        "data": [file_sha256(f) for f in parquet_files(args.train_data)],
-        "replay_data": [file_sha256(f) for f in parquet_files(args.replay_data)] if args.replay_data else [],
+        "data": files_sha256(parquet_files(args.train_data)),
+        "replay_data": files_sha256(parquet_files(args.replay_data)) if args.replay_data else [],
         "languages": sorted(args.languages or []),
         "language_temperature": args.language_temperature,
         "replay_fraction": args.replay_fraction,
