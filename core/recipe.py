@@ -41,8 +41,17 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
+    raw = path.read_bytes()
     try:
-        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = raw.decode("utf-8").lstrip("\ufeff")
+    except UnicodeDecodeError as err:
+        looks = " (it looks like UTF-16)" if raw.startswith((b"\xff\xfe", b"\xfe\xff")) else ""
+        raise RecipeError(
+            f"{path}: not UTF-8{looks}: byte {err.start} is {raw[err.start : err.start + 1]!r}; "
+            "save the recipe as UTF-8"
+        ) from None
+    try:
+        content = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise RecipeError(f"{path}: not valid YAML: {err}") from None
     if content is None:
@@ -220,9 +229,12 @@ def describe(cls: type, prefix: str = "") -> list[str]:
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         help_text = f.metadata.get("help", "")
-        if dataclasses.is_dataclass(tp):
+        # Nested settings, or a list of them (each entry's keys shown once, N standing for its index).
+        listed = typing.get_origin(tp) in (list, tuple) and typing.get_args(tp)
+        inner = typing.get_args(tp)[0] if listed else tp
+        if dataclasses.is_dataclass(inner):
             lines.append(f"  {prefix}{f.name}:  {help_text}".rstrip())
-            lines.extend(describe(tp, f"{prefix}{f.name}."))
+            lines.extend(describe(inner, f"{prefix}{f.name}.{'N.' if listed else ''}"))
             continue
         if f.default is not dataclasses.MISSING:
             default = f" (default: {f.default!r})"
@@ -230,7 +242,9 @@ def describe(cls: type, prefix: str = "") -> list[str]:
             default = f" (default: {f.default_factory()!r})"
         else:
             default = " (required)"
-        bounds = [f"{name} {f.metadata[name]:g}" for name in ("minimum", "maximum") if f.metadata.get(name) is not None]
+        bounds = [
+            f"{name} {_number(f.metadata[name])}" for name in ("minimum", "maximum") if f.metadata.get(name) is not None
+        ]
         if bounds:
             help_text = f"{help_text} ({', '.join(bounds)})".lstrip()
         lines.append(f"  --{prefix}{f.name}{default}  {help_text}".rstrip())
@@ -291,9 +305,14 @@ def check_range(value: Any, minimum: float | None, maximum: float | None, where:
         if isinstance(number, bool) or not isinstance(number, (int, float)):
             continue
         if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
-            low = "" if minimum is None else f"at least {minimum:g}"
-            high = "" if maximum is None else f"at most {maximum:g}"
+            low = "" if minimum is None else f"at least {_number(minimum)}"
+            high = "" if maximum is None else f"at most {_number(maximum)}"
             raise RecipeError(f"{where}: '{key}' must be {' and '.join(p for p in (low, high) if p)}, got {number!r}")
+
+
+def _number(value: float) -> str:
+    """1000000 as 1000000, not 1e+06; 0.5 as 0.5."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def to_dict(obj: Any) -> Any:

@@ -8,9 +8,14 @@ import numpy as np
 import regex
 import xxhash
 
+from indictune.core import languages
+
 # `regex`'s \w includes combining marks (Mn/Mc); the standard library's splits Hindi words at every matra.
 _WORD = regex.compile(r"[\w\p{M}]+(?:['’\-][\w\p{M}]+)*")
-_ZERO_WIDTH = regex.compile("[\u200b\u200c\u200d\u2060\ufeff]")
+_ZERO_WIDTH = regex.compile("[\u200c\u200d\u2060\ufeff]")
+_ZWSP_RUN = regex.compile("\u200b+")
+_ZWNJ = "\u200c"
+_VIRAMA = 9  # the canonical combining class of every virama (Tamil pulli, Malayalam chandrakkala, Meetei apun iyek)
 _DIGIT = regex.compile(r"\d")
 
 
@@ -22,9 +27,32 @@ def nonempty_lines(text: str) -> list[str]:
     return [line.strip() for line in text.split("\n") if line.strip()]
 
 
+def join_zero_width_spaces(text: str) -> str:
+    """A zero-width space (U+200B) between two letters or marks of one non-Latin script is part of the word
+    (web text uses it as a joiner): written as ZWNJ after a virama, where it stops a conjunct exactly as ZWNJ
+    does, and removed elsewhere, where it changes nothing visible. Every other zero-width space is left as it
+    is. Why per script: see the ``normalize`` stage."""
+    if "\u200b" not in text:
+        return text
+
+    def resolve(run: regex.Match) -> str:
+        start, end = run.span()
+        if start == 0 or end == len(text):
+            return run.group()
+        before, after = text[start - 1], text[end]
+        script = languages.script_of(before)
+        in_word = languages.is_letter(before) and languages.is_letter(after) and languages.script_of(after) == script
+        if not in_word or script in (None, "Latn"):
+            return run.group()
+        return _ZWNJ if unicodedata.combining(before) == _VIRAMA else ""
+
+    return _ZWSP_RUN.sub(resolve, text)
+
+
 def comparison_key(text: str) -> str:
     """What two texts must share to count as the same: compatibility forms (NFKC), case, zero-width
     joiners, digits (any script, to 0) and spacing are folded; vowel signs, viramas and nuktas are kept.
+    A zero-width space counts as the ``normalize`` stage makes it: nothing inside a word, a space elsewhere.
 
     Stripping combining marks, as several dedup tools do for their keys, makes different Indic words
     collide ("प्रेम" and "परम").
@@ -36,6 +64,8 @@ def key_words_text(text: str) -> str:
     """`comparison_key` without its spacing fold, for callers that split into words anyway."""
     if not unicodedata.is_normalized("NFKC", text):  # cheaper than normalizing text that already is
         text = unicodedata.normalize("NFKC", text)
+    if "\u200b" in text:
+        text = join_zero_width_spaces(text).replace("\u200b", " ")
     return _DIGIT.sub("0", _ZERO_WIDTH.sub("", text.casefold()))
 
 
@@ -45,12 +75,16 @@ def word_hashes(tokens: list[str]) -> np.ndarray:
     return np.fromiter(map(unique.__getitem__, tokens), dtype=np.uint64, count=len(tokens))
 
 
+MAX_NGRAM = 256  # the longest word n-gram hashed (dedup shingles, decontamination n-grams)
 # Odd multipliers, one per position in an n-gram, so "a b" and "b a" hash apart.
-_POSITION = np.random.default_rng(0x1D1C).integers(1, 2**63, size=64, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+_POSITION = np.random.default_rng(0x1D1C).integers(1, 2**63, size=MAX_NGRAM, dtype=np.uint64)
+_POSITION = _POSITION * np.uint64(2) + np.uint64(1)
 
 
 def ngram_hashes(hashes: np.ndarray, n: int) -> np.ndarray:
     """64-bit hashes of every run of `n` consecutive words; a text shorter than `n` gives one hash of all of it."""
+    if not 1 <= n <= MAX_NGRAM:
+        raise ValueError(f"n-grams of 1 to {MAX_NGRAM} words can be hashed, not {n}")
     n = min(n, len(hashes))
     if n == 0:
         return np.zeros(0, dtype=np.uint64)

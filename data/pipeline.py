@@ -7,20 +7,25 @@ record before they judge one: each observes the records as they are spilled to P
 ``.partial`` directory, and judges them as they are read back, which is when the next corpus stage
 observes them. So every stage processes a record once and every spill is read once. A record a corpus
 stage rejects travels on, marked, to the end, where kept and rejected records are written in input order.
-Memory stays bounded by a few batches plus the corpus stages' indexes (about 0.5 KB per record for
-near-duplicate detection).
+Memory stays bounded by a few batches, a few row groups per writer (the writers spill by bytes), plus the
+corpus stages' in-memory indexes (repeated lines, duplicates).
 
 Outputs in ``output_dir``: ``data/part-*.parquet`` (kept), ``rejected/part-*.parquet`` (with ``stage`` and
-``reason``), ``report.json``, ``report.md``, ``report.png`` and the resolved ``recipe.yaml``, written through
-``indictune.core.io.atomic_directory``: a crash leaves the previous result untouched, and the same recipe and inputs
-give byte-identical files.
+``reason``), ``report.json``, ``report.md``, ``report.png``, the resolved ``recipe.yaml`` and the manifest of the
+files written, through ``indictune.core.io.atomic_directory``: a crash leaves the previous result untouched, the
+same recipe and inputs give byte-identical files, and an output_dir that holds or lies inside the inputs, or
+holds files the pipeline did not write, is refused before any work.
 """
 
 from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import shutil
+import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -29,26 +34,41 @@ from itertools import chain, groupby, islice
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 from tqdm.auto import tqdm
 
 from indictune.core.io import atomic_directory
-from indictune.core.recipe import field, to_dict
+from indictune.core.recipe import check_ranges, field, to_dict
 from indictune.data import report as reporting
-from indictune.data.readers import Source, read
+from indictune.data.readers import Source, check_sources, read
 from indictune.data.stages import CorpusStage, Record, Stage, StagesConfig, build_stages
 
 
 @dataclass
 class PrepareConfig:
     sources: list[Source] = field(help="what to read: a list of {path, format, kind, lang, ...}")
-    output_dir: str = field("runs/data", help="replaced as a whole by the new result")
+    output_dir: str = field(
+        "runs/data", help="replaced as a whole by the new result; never an input's folder, nor one of the user's"
+    )
+    overwrite: bool = field(False, help="replace an output_dir that holds files the pipeline did not write")
     stages: StagesConfig = field(default_factory=StagesConfig, help="stage settings")
-    num_proc: int = field(1, help="worker processes for the record stages; the output is the same for any number")
-    batch_size: int = field(1000, help="records handed to a worker at a time (an OCR book is never split)")
-    shard_records: int = field(100_000, help="records per output Parquet file")
+    num_proc: int = field(
+        1, minimum=1, maximum=1024, help="worker processes for the record stages; the output is the same for any number"
+    )
+    batch_size: int = field(
+        1000, minimum=1, maximum=1_000_000, help="records handed to a worker at a time (an OCR book is never split)"
+    )
+    shard_mb: int = field(
+        256,
+        minimum=1,
+        maximum=65_536,
+        help="an output Parquet file rolls over at this many MB of records (uncompressed)",
+    )
+    shard_records: int | None = field(None, minimum=1, help="also roll over at this many records (null: by size only)")
 
 
 CORE_COLUMNS = {
@@ -63,43 +83,94 @@ CORE_COLUMNS = {
 REJECT_COLUMNS = {"stage": pa.string(), "reason": pa.string()}
 
 
-class ShardWriter:
-    """Parquet files of at most `shard_records` rows, numbered in write order."""
+# A row group is written once the pending records reach this many bytes: row groups of a few MB read
+# efficiently, and the two or three writers open at once hold only tens of MB between them.
+ROW_GROUP_BYTES = 8 * 2**20
 
-    def __init__(self, directory: Path, schema: pa.Schema, shard_records: int):
-        self.directory, self.schema, self.shard_records = directory, schema, shard_records
-        self.pending: list[Record] = []
-        self.shards = 0
+
+class ShardWriter:
+    """Parquet files ``part-NNNNN.parquet``, each rolled over at `shard_bytes` of records (and `shard_records`
+    rows, when given), written a row group at a time. Row groups and files end where the records alone decide,
+    never where the batches handed in end, so the bytes are the same for any batch size or number of workers."""
+
+    def __init__(self, directory: Path, schema: pa.Schema, shard_bytes: int, shard_records: int | None = None):
+        self.directory, self.schema = directory, schema
+        self.shard_bytes, self.shard_records = shard_bytes, shard_records or sys.maxsize
+        self.pending: list[pa.RecordBatch] = []
+        self.pending_bytes = self.pending_rows = self.file_bytes = self.file_rows = self.shards = 0
+        self.file: pq.ParquetWriter | None = None
         directory.mkdir(parents=True)
 
     def write(self, records: list[Record]) -> None:
-        self.pending.extend(records)
-        while len(self.pending) >= self.shard_records:
-            self._flush(self.pending[: self.shard_records])
-            self.pending = self.pending[self.shard_records :]
-
-    def close(self) -> None:
-        if self.pending or self.shards == 0:  # an empty result is still a readable (empty) file
-            self._flush(self.pending)
-        self.pending = []
-
-    def _flush(self, records: list[Record]) -> None:
         columns = {
             name: [json.dumps(r["meta"], ensure_ascii=False) if name == "meta" else r.get(name) for r in records]
             for name in self.schema.names
         }
-        table = pa.table(columns, schema=self.schema)
-        pq.write_table(table, self.directory / f"part-{self.shards:05d}.parquet")
+        batch = pa.RecordBatch.from_pydict(columns, schema=self.schema)
+        ends = np.cumsum(_row_bytes(batch))  # ends[i]: bytes of the batch's records 0..i
+        start = 0
+        while start < batch.num_rows:
+            before = int(ends[start - 1]) if start else 0
+            room = min(ROW_GROUP_BYTES, self.shard_bytes - self.file_bytes) - self.pending_bytes
+            fills = int(np.searchsorted(ends, before + room)) + 1  # the record that reaches `room` ends the group
+            caps = start + self.shard_records - self.file_rows - self.pending_rows
+            end = min(fills, caps, batch.num_rows)
+            self.pending.append(batch.slice(start, end - start))
+            self.pending_bytes += int(ends[end - 1]) - before
+            self.pending_rows += end - start
+            if end in (fills, caps):
+                self._write_row_group()
+            start = end
+
+    def close(self) -> None:
+        if self.pending:
+            self._write_row_group()
+        if self.file is not None:
+            self._close_file()
+        if self.shards == 0:  # an empty result is still a readable (empty) file
+            pq.write_table(self.schema.empty_table(), self._path())
+            self.shards = 1
+
+    def _write_row_group(self) -> None:
+        # One chunk per column: Parquet pages then break where the values alone decide.
+        table = pa.Table.from_batches(self.pending, self.schema).combine_chunks()
+        if self.file is None:
+            self.file = pq.ParquetWriter(self._path(), self.schema)
+        self.file.write_table(table, row_group_size=table.num_rows)
+        self.file_bytes += self.pending_bytes
+        self.file_rows += self.pending_rows
+        self.pending, self.pending_bytes, self.pending_rows = [], 0, 0
+        if self.file_bytes >= self.shard_bytes or self.file_rows >= self.shard_records:
+            self._close_file()
+
+    def _close_file(self) -> None:
+        self.file.close()
+        self.file, self.file_bytes, self.file_rows = None, 0, 0
         self.shards += 1
+
+    def _path(self) -> Path:
+        return self.directory / f"part-{self.shards:05d}.parquet"
+
+
+def _row_bytes(batch: pa.RecordBatch) -> np.ndarray:
+    """Each row's size as the writers count it: the bytes of its strings plus 8 for every other value."""
+    sizes = np.zeros(batch.num_rows, dtype=np.int64)
+    for column in batch.columns:
+        if pa.types.is_string(column.type):
+            sizes += pc.binary_length(column).fill_null(0).to_numpy(zero_copy_only=False)
+        else:
+            sizes += 8
+    return sizes
 
 
 def read_shards(directory: Path, batch_size: int) -> Iterator[list[Record]]:
     for path in sorted(directory.glob("part-*.parquet")):
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
-            records = batch.to_pylist()
-            for record in records:
-                record["meta"] = json.loads(record["meta"])
-            yield records
+        with pq.ParquetFile(path, pre_buffer=False) as shard:  # pre-buffering would hold the whole spill
+            for batch in shard.iter_batches(batch_size=batch_size):
+                records = batch.to_pylist()
+                for record in records:
+                    record["meta"] = json.loads(record["meta"])
+                yield records
 
 
 def _group_key(record: Record) -> str:
@@ -159,11 +230,29 @@ def _run_in_worker(batch: list[Record]) -> tuple[list[Record], list[Record]]:
     return run_stages(_WORKER_STAGES, batch)
 
 
+def _start_orphan_proof_worker(parent: int, initializer: Callable, initargs: tuple) -> None:
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    initializer(*initargs)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End the worker once its parent is gone, killed with -9 included: the parent pid then changes. (The
+    system's parent-death signal fires when the spawning thread ends, not the process, so it cannot do this.)"""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
 def ordered_map(fn: Callable, items: Iterable, num_proc: int, initializer: Callable, initargs: tuple) -> Iterator:
     """fn over items in `num_proc` processes, results in input order, at most 2 x num_proc items in flight
-    (``Pool.imap`` would read the whole input ahead)."""
+    (``Pool.imap`` would read the whole input ahead). The workers end with this process, however it ends."""
     context = multiprocessing.get_context("spawn")  # no fork of a parent holding threads or big indexes
-    with ProcessPoolExecutor(num_proc, mp_context=context, initializer=initializer, initargs=initargs) as pool:
+    with ProcessPoolExecutor(
+        num_proc,
+        mp_context=context,
+        initializer=_start_orphan_proof_worker,
+        initargs=(os.getpid(), initializer, initargs),
+    ) as pool:
         pending: deque = deque()
         for item in items:
             pending.append(pool.submit(fn, item))
@@ -221,7 +310,10 @@ def _read_and_judge(stage: CorpusStage, spill: Path, batch_size: int) -> Iterato
 
 
 def run(config: PrepareConfig) -> dict[str, Any]:
-    """Run the recipe; return the report (also written to ``output_dir``)."""
+    """Run the recipe; return the report (also written to ``output_dir``). Bad settings, sources and output
+    folders are refused with a typed error before any work."""
+    check_ranges(config)
+    check_sources(config.sources)
     stages = build_stages(config.stages)
     record_stages = [s for s in stages if not isinstance(s, CorpusStage)]
     corpus_stages = [s for s in stages if isinstance(s, CorpusStage)]
@@ -230,8 +322,10 @@ def run(config: PrepareConfig) -> dict[str, Any]:
     rejected_schema = pa.schema({**CORE_COLUMNS, **stage_columns, **REJECT_COLUMNS})
 
     tally = reporting.Tally([s.name for s in stages])
-    with atomic_directory(config.output_dir) as partial:
-        rejected_writer = ShardWriter(partial / "rejected", rejected_schema, config.shard_records)
+    inputs = [path for source in config.sources for path in source.reads_from()]
+    shard_bytes = config.shard_mb * 2**20
+    with atomic_directory(config.output_dir, overwrite=config.overwrite, protected=inputs) as partial:
+        rejected_writer = ShardWriter(partial / "rejected", rejected_schema, shard_bytes, config.shard_records)
         batches = _record_phase(config, record_stages, tally, rejected_writer)
         spilled_columns = {
             **CORE_COLUMNS,
@@ -240,11 +334,11 @@ def run(config: PrepareConfig) -> dict[str, Any]:
         }
         for stage in corpus_stages:
             spill = partial / f"{stage.name}.spill"
-            _observe_and_spill(stage, batches, ShardWriter(spill, pa.schema(spilled_columns), config.batch_size))
+            _observe_and_spill(stage, batches, ShardWriter(spill, pa.schema(spilled_columns), shard_bytes))
             spilled_columns.update(stage.columns)
             batches = _read_and_judge(stage, spill, config.batch_size)
 
-        kept_writer = ShardWriter(partial / "data", kept_schema, config.shard_records)
+        kept_writer = ShardWriter(partial / "data", kept_schema, shard_bytes, config.shard_records)
         for batch in batches:
             kept, rejected = _split(batch)
             tally.keep(kept)

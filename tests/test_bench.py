@@ -99,3 +99,37 @@ def test_bench_eval_agrees_with_lm_evaluation_harness_and_is_faster(tmp_path, sh
     assert figures["questions"] == 24 and figures["choices"] == 24 * 11
     assert figures["max_abs_loglikelihood_difference"] <= 1e-4 and figures["same_argmax"] == 1.0
     assert figures["speedup"] >= 2
+
+
+@pytest.mark.slow
+def test_prepare_data_memory_does_not_grow_with_the_file(tmp_path):
+    """Reading and writing one large file, in each format: peak RSS under 400 MB and flat from 20 to 80 MB
+    (docs/benchmarks.md has the 200 MB and 1 GB figures)."""
+    out = tmp_path / "memory.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "scripts/bench_memory.py",
+            "--sizes_mb",
+            "20,80",
+            "--formats",
+            "jsonl,jsonl.zst,csv,tsv,txt-paragraph,txt-line,parquet",
+            "--max_rss_mb",
+            "400",
+            "--max_growth_mb",
+            "25",
+            "--scratch",
+            str(tmp_path),
+            "--json",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["failures"] == []
+    for name, by_size in figures["results"].items():
+        assert by_size["80"]["records"] > 3 * by_size["20"]["records"] > 0, name  # every record was read

@@ -3,15 +3,17 @@
 import hashlib
 import json
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from indictune.core import recipe
 from indictune.data import pipeline
-from indictune.data.readers import Source
+from indictune.data.readers import Source, SourceError
 from indictune.data.stages.dedup import Dedup, RepeatedLines
 
 REPO = Path(__file__).resolve().parent.parent
@@ -170,12 +172,24 @@ def test_bad_stage_settings_and_missing_sources_fail_clearly(tmp_path):
     config = pipeline.PrepareConfig(
         sources=[Source(path=str(tmp_path / "none.jsonl"), format="jsonl")], output_dir=str(tmp_path / "o")
     )
-    with pytest.raises(FileNotFoundError, match="none.jsonl"):
+    with pytest.raises(SourceError, match="none.jsonl"):
         pipeline.run(config)
     assert not (tmp_path / "o").exists()
 
 
+def test_sources_are_checked_before_the_output_is_touched(tmp_path, prepared_sample):
+    """A file listed twice is refused by check_sources at the start of run(): the last result stays as it was."""
+    out = tmp_path / "o"
+    shutil.copytree(prepared_sample[0], out)
+    before = digest(out)
+    twice = [Source(path="data/sample/web/hi.jsonl", format="jsonl", lang="hi")] * 2
+    with pytest.raises(SourceError, match="list each file once"):
+        pipeline.run(pipeline.PrepareConfig(sources=twice, output_dir=str(out)))
+    assert digest(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["o"]
+
+
 def test_shards_roll_over(tmp_path):
+    """By record count when shard_records is given (and by size, see the next test)."""
     config = recipe.load(
         pipeline.PrepareConfig,
         REPO / "recipes/data/sample.yaml",
@@ -185,6 +199,39 @@ def test_shards_roll_over(tmp_path):
     shards = sorted((tmp_path / "o" / "data").glob("*.parquet"))
     assert len(shards) == -(-report["totals"]["kept"] // 20)
     assert sum(pq.read_metadata(s).num_rows for s in shards) == report["totals"]["kept"]
+
+
+def test_writers_spill_by_bytes_the_same_way_for_any_batching(tmp_path, monkeypatch):
+    """A row group ends with the record that brings it to ROW_GROUP_BYTES, a file with the one that brings it to
+    shard_bytes, wherever the batches handed in end."""
+    monkeypatch.setattr(pipeline, "ROW_GROUP_BYTES", 2_000)
+    schema = pa.schema(pipeline.CORE_COLUMNS)
+    records = [
+        {"id": f"f#{i}", "text": "क" * (i % 97), "lang": "hi", "source": "f", "kind": "web", "meta": {"i": i}}
+        for i in range(500)
+    ]
+    files = {}
+    for size in (1, 7, 500):
+        writer = pipeline.ShardWriter(tmp_path / str(size), schema, shard_bytes=10_000)
+        for start in range(0, len(records), size):
+            writer.write(records[start : start + size])
+        writer.close()
+        files[size] = digest(tmp_path / str(size))
+    assert files[1] == files[7] == files[500]
+
+    shards = sorted((tmp_path / "7").glob("*.parquet"))
+    assert len(shards) > 3
+    for i, shard in enumerate(shards):
+        parquet = pq.ParquetFile(shard)
+        groups = [pipeline._row_bytes(parquet.read_row_group(g).to_batches()[0]) for g in range(parquet.num_row_groups)]
+        if i < len(shards) - 1:
+            file_bytes = sum(int(g.sum()) for g in groups)
+            assert file_bytes >= 10_000 > file_bytes - int(groups[-1][-1])
+        for g in groups[:-1]:
+            assert g.sum() >= 2_000 > g.sum() - g[-1]
+    assert [r["id"] for r in pq.read_table(tmp_path / "7").to_pylist()] == [r["id"] for r in records]
+    back = [r for batch in pipeline.read_shards(tmp_path / "7", 64) for r in batch]
+    assert len(back) == 500 and back[3]["meta"] == {"i": 3}
 
 
 def test_output_is_the_same_for_any_number_of_workers(tmp_path, prepared_sample):

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from indictune.data.readers import Source, read
+from indictune.data.readers import Source, SourceError, read
 
 
 def records(tmp_path, name, content, **source):
@@ -73,7 +73,7 @@ def test_globs_directories_limits_and_missing_paths(tmp_path):
         (tmp_path / f"p{i}.txt").write_text(f"text {i}")
     assert len(list(read(Source(path=str(tmp_path / "p*.txt"), format="txt")))) == 3
     assert len(list(read(Source(path=str(tmp_path), format="txt", limit=2)))) == 2
-    with pytest.raises(FileNotFoundError, match="no file matches"):
+    with pytest.raises(SourceError, match="matched nothing"):
         list(read(Source(path=str(tmp_path / "nothing*.jsonl"), format="jsonl")))
 
 

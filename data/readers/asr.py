@@ -3,7 +3,9 @@
 A subtitle or Whisper file becomes one record whose text holds one line per segment; ``meta.segments``
 keeps each line's timing and, for Whisper, its scores, so the ASR stage can judge segments one by one.
 Timestamps, cue numbers and subtitle markup are format, not text, and are left out here; transcript
-tags such as ``[noise]`` or ``<unk>`` are text the ASR stage removes and counts.
+tags such as ``[noise]`` or ``<unk>`` are text the ASR stage removes and counts. Like every text format, files may be
+gzip/zstd/bzip2/xz compressed and UTF-8, UTF-16 or UTF-32 (see the package docstring); manifests and Kaldi files
+are read line by line, subtitle and Whisper files whole.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 Page text (files, or form-feed separated pages in one file), Tesseract TSV (``tesseract page out tsv``)
 and hOCR. From the last two the record also gets ``meta.mean_confidence``, the mean word confidence
 (0-100), which the OCR stage gates on. A file holding several pages is one book; a file holding one
-page is a page of the book named by its folder (a folder of page files, in name order).
+page is a page of the book named by its folder (a folder of page files, in name order). Like every text format,
+files may be gzip/zstd/bzip2/xz compressed and UTF-8, UTF-16 or UTF-32 (see the package docstring); each is read
+whole, as a book is small.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 A stage is one module in this folder: a config dataclass (derived from ``StageConfig``, which gives
 ``enabled``) and a class derived from ``Stage``, registered with ``@stage(name, order=..., config=...,
 help=...)``. Importing this package imports every module in it, so a new file is all it takes: its
-config becomes the recipe key ``stages.<name>`` and the pipeline runs it at its ``order``.
+config becomes the recipe key ``stages.<name>`` and the pipeline runs it at its ``order``. Every number
+in a config declares its range (``field(minimum=..., maximum=...)``), checked when the recipe is loaded;
+a rule across fields goes in the config's ``__post_init__``, which calls the base's.
 
 ``Stage.__init__`` keeps the config and calls ``setup`` (tables, indexes); ``process(record)`` edits the
 record in place (cleaned text, annotation columns) and returns None to keep it or a short reason string
@@ -28,7 +30,7 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from indictune.core.recipe import field
+from indictune.core.recipe import check_ranges, field
 
 Record = dict[str, Any]
 
@@ -42,6 +44,10 @@ class StageConfig:
     """What every stage's settings have."""
 
     enabled: bool = field(True, help="false skips the stage")
+
+    def __post_init__(self) -> None:
+        # a recipe's values are checked when it is loaded; this catches settings made in code
+        check_ranges(self)
 
 
 class Stage:

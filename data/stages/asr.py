@@ -21,7 +21,7 @@ import regex
 
 from indictune.core import languages
 from indictune.core.recipe import field
-from indictune.data.stages import Record, Stage, StageConfig, stage
+from indictune.data.stages import Record, Stage, StageConfig, StageError, stage
 
 _TAG = regex.compile(
     r"\[[^\]\n]{1,40}\]|<[^>\n]{1,20}>|\((?:laughter|laughs|applause|music|noise|inaudible|cough|silence|"
@@ -67,17 +67,30 @@ def folded_compression_ratio(content: str) -> float:
 
 @dataclass
 class AsrConfig(StageConfig):
-    min_avg_logprob: float = field(-1.0, help="drop a segment scored below this (Whisper's logprob_threshold)")
-    max_no_speech_prob: float = field(0.6, help="drop a segment more likely silence than speech")
-    paragraph_pause: float = field(2.0, help="seconds of silence between segments that start a new paragraph")
-    max_loop_fraction: float = field(0.5, help="drop a transcript when loops make up more of its words than this")
+    min_avg_logprob: float = field(
+        -1.0, maximum=0, help="drop a segment scored below this (Whisper's logprob_threshold)"
+    )
+    max_no_speech_prob: float = field(0.6, minimum=0, maximum=1, help="drop a segment more likely silence than speech")
+    paragraph_pause: float = field(
+        2.0, minimum=0, help="seconds of silence between segments that start a new paragraph"
+    )
+    max_loop_fraction: float = field(
+        0.5, minimum=0, maximum=1, help="drop a transcript when loops make up more of its words than this"
+    )
     max_compression_ratio: float = field(
-        2.4, help="drop a paragraph of 60+ characters whose script-folded compression ratio is above this"
+        2.4, minimum=0, help="drop a paragraph of 60+ characters whose script-folded compression ratio is above this"
     )
     punctuation: Literal["keep", "strip"] = field("keep", help="strip for ASR-style references (no punctuation)")
     chars_per_second: list[float] = field(
-        default_factory=lambda: [1.0, 30.0], help="[min, max] characters per second where a segment has timings"
+        default_factory=lambda: [1.0, 30.0],
+        minimum=0,
+        help="[min, max] characters per second where a segment has timings",
     )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if len(self.chars_per_second) != 2 or self.chars_per_second[0] > self.chars_per_second[1]:
+            raise StageError(f"chars_per_second must be [min, max] with min <= max, got {self.chars_per_second}")
 
 
 @stage("asr", order=40, config=AsrConfig, help="timestamps, tags, fillers, loops (kind: asr)")

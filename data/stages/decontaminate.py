@@ -30,8 +30,10 @@ class DecontaminateConfig(StageConfig):
         help="evaluation files or globs ($VARIABLES expanded): text (one segment per line), .jsonl, .parquet, "
         ".csv/.tsv",
     )
-    ngram: int = field(13, help="words in a shared n-gram that marks a document as contaminated")
-    min_words: int = field(8, help="evaluation segments shorter than this are not matched (too common)")
+    ngram: int = field(
+        13, minimum=1, maximum=text.MAX_NGRAM, help="words in a shared n-gram that marks a document as contaminated"
+    )
+    min_words: int = field(8, minimum=1, help="evaluation segments shorter than this are not matched (too common)")
 
 
 def _segments(path: Path) -> list[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -26,11 +27,15 @@ from indictune.data.stages import CorpusStage, Record, StageConfig, StageError, 
 @dataclass
 class RepeatedLinesConfig(StageConfig):
     min_documents: int = field(
-        10, help="a line found in this many documents of one source is boilerplate (menus, bylines, share buttons)"
+        10,
+        minimum=2,
+        help="a line found in this many documents of one source is boilerplate (menus, bylines, share buttons)",
     )
-    min_line_chars: int = field(1, help="shorter lines are never counted or removed")
-    kinds: list[str] = field(default_factory=lambda: ["web"], help="record kinds it applies to")
-    min_words_left: int = field(5, help="reject a document left with fewer words: only_repeated_lines")
+    min_line_chars: int = field(1, minimum=0, help="shorter lines are never counted or removed")
+    kinds: list[Literal["web", "ocr", "asr"]] = field(
+        default_factory=lambda: ["web"], help="record kinds it applies to"
+    )
+    min_words_left: int = field(5, minimum=0, help="reject a document left with fewer words: only_repeated_lines")
 
 
 @stage("repeated_lines", order=80, config=RepeatedLinesConfig, help="lines repeated across many documents of a source")
@@ -64,17 +69,29 @@ class RepeatedLines(CorpusStage):
         return None
 
 
+MAX_PERMUTATIONS = 1024  # each costs 4 bytes per record until the clusters are settled
+
+
 @dataclass
 class DedupConfig(StageConfig):
     exact: bool = field(True, help="drop records whose comparison key equals an earlier record's")
     near: bool = field(True, help="MinHash LSH near-duplicate clusters, one record kept per cluster")
-    ngram: int = field(5, help="words per shingle (vowel signs and viramas stay inside words)")
-    num_perm: int = field(112, help="MinHash permutations; must equal bands x rows")
-    bands: int = field(14, help="LSH bands; rows = num_perm / bands; threshold about (1/bands)^(1/rows) (0.72)")
-    threshold: float = field(0.7, help="estimated Jaccard similarity a candidate pair must reach to be merged")
-    seed: int = field(1, help="seed of the permutations: signatures from different seeds do not compare")
+    ngram: int = field(
+        5, minimum=1, maximum=text.MAX_NGRAM, help="words per shingle (vowel signs and viramas stay inside words)"
+    )
+    num_perm: int = field(
+        112, minimum=1, maximum=MAX_PERMUTATIONS, help="MinHash permutations; must equal bands x rows"
+    )
+    bands: int = field(
+        14, minimum=1, help="LSH bands; rows = num_perm / bands; threshold about (1/bands)^(1/rows) (0.72)"
+    )
+    threshold: float = field(
+        0.7, minimum=0, maximum=1, help="estimated Jaccard similarity a candidate pair must reach to be merged"
+    )
+    seed: int = field(1, minimum=0, help="seed of the permutations: signatures from different seeds do not compare")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.num_perm % self.bands:
             raise StageError(f"num_perm ({self.num_perm}) must be a multiple of bands ({self.bands})")
 

@@ -104,11 +104,15 @@ class IdentifyConfig(StageConfig):
     fasttext_model: str | None = field(
         None, help="a GlotLID or IndicLID fastText .bin (labels like __label__hin_Deva); None: langid.py"
     )
-    min_lang_score: float = field(0.0, help="reject a guessed language below this probability (FineWeb-2 hi: 0.69)")
+    min_lang_score: float = field(
+        0.0, minimum=0, maximum=1, help="reject a guessed language below this probability (FineWeb-2 hi: 0.69)"
+    )
     romanized: Literal["keep", "drop"] = field("keep", help="keep or drop Indic text in Latin letters")
-    min_romanized_score: float = field(0.12, help="share of romanized Hindi function words that flags a Latin text")
+    min_romanized_score: float = field(
+        0.12, minimum=0, maximum=1, help="share of romanized Hindi function words that flags a Latin text"
+    )
     code_mixed_latin_words: float = field(
-        0.15, help="share of Latin-script words from which an Indic text is code-mixed"
+        0.15, minimum=0, maximum=1, help="share of Latin-script words from which an Indic text is code-mixed"
     )
 
 

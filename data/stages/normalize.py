@@ -5,6 +5,21 @@ Marathi eyelash-ra, and turns any colon after a Devanagari letter into a visarga
 labels ("नाम: ...") and times. Both are shielded from it: ZWJ/ZWNJ always, a colon unless it sits
 between two Indic letters, where it is an OCR or typing slip for the visarga ("दु:ख").
 
+It also turns every zero-width space (U+200B) into a space, which splits the words where web text uses
+one as a joiner (Telugu "యూనిట్​కు", "శాన్​ఫ్రాన్సిస్కో": 2% of FLORES Telugu). A zero-width space between two
+letters or marks of one script other than Latin is therefore resolved first (``text.join_zero_width_spaces``),
+by what it does to the rendering (checked with HarfBuzz and the Noto fonts of each script):
+- after a virama (Devanagari, Bengali, Gurmukhi, Gujarati, Odia, Tamil, Telugu, Kannada, Malayalam, Meetei
+  Mayek), it ends the syllable and so keeps the virama visible, exactly as ZWNJ does; removing it would form
+  a conjunct, a subjoined or half form, or a reph (ట్​క: ట్‌క, not ట్క). It becomes ZWNJ.
+- between other letters and marks of those scripts, and in Ol Chiki, nothing shapes across it: removing it
+  renders the same. Before a vowel sign or other mark it detached the mark from its letter (a dotted circle),
+  a slip that removing repairs.
+- in Perso-Arabic (Urdu, Kashmiri, Sindhi) it is transparent to cursive joining (Unicode gives format
+  characters joining type T), so the letters on both sides already join: it is removed. ZWNJ would cut them.
+Any other zero-width space (next to a space, punctuation, a digit, Latin, or between two scripts) is left
+as before: a space for the languages indic-nlp-library normalizes, kept for the others.
+
 Policies (each idempotent, and the output is always NFC): nukta letters kept or folded to their base
 letter; curly quotes, dashes and ellipses kept (indic-nlp-library would fold them) or written in
 ASCII; candrabindu kept or written as anusvara (हैँ / हैं, interchangeable in modern Hindi); ``||``,
@@ -25,6 +40,7 @@ from typing import Literal
 import regex
 
 from indictune.core import languages
+from indictune.core import text as text_units
 from indictune.core.recipe import field
 from indictune.data.stages import Record, Stage, StageConfig, stage
 
@@ -55,9 +71,12 @@ _TYPOGRAPHIC_ASCII = {
     "\u2026": "...",
 }
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufeff\ufdd0-\ufdef]")
-_SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
+_SPACE = r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]"
+_SPACES = re.compile(_SPACE + "+")
 _BLANK_RUN = re.compile(r"\n{3,}")
-_INDIC_BEFORE = rf"(?<=[{_INDIC}] ?)"
+# Spaces of any kind and number (zero-width ones included) may stand between: they are collapsed later, and
+# the second pass must see a "|" the way the first did.
+_INDIC_BEFORE = rf"(?<=[{_INDIC}](?:{_SPACE}|\u200b)*)"
 _DOUBLE_DANDA = regex.compile(rf"{_INDIC_BEFORE}(?:\|\||।।)|।।")
 _SINGLE_DANDA = regex.compile(rf"{_INDIC_BEFORE}\|(?!\|)")
 # Nukta signs of the Brahmic scripts (Devanagari, Bengali, Gurmukhi, Gujarati, Odia, Telugu, Kannada).
@@ -86,8 +105,9 @@ def normalize_text(
     punctuation: str = "keep",
 ) -> str:
     """The text every later stage, the tokenizer and training see. ``lang`` None: by dominant script."""
-    text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
-    text = _CONTROL.sub("", text)
+    text = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+    # before NFC: a zero-width space removed from a word can bring a letter and its mark together
+    text = unicodedata.normalize("NFC", text_units.join_zero_width_spaces(text))
     if lang is None:
         script = languages.dominant_script(text)
         candidates = languages.languages_for_script(script) if script else ()

@@ -50,11 +50,19 @@ EDGE_LINES = 2  # how many lines at the top and at the bottom of a page can be h
 @dataclass
 class OcrConfig(StageConfig):
     header_min_fraction: float = field(
-        0.3, help="a top/bottom line is a running header/footer when it repeats on this share of a book's pages"
+        0.3,
+        minimum=0,
+        maximum=1,
+        help="a top/bottom line is a running header/footer when it repeats on this share of a book's pages",
     )
-    max_garbage_ratio: float = field(0.3, help="drop a page whose share of unexpected characters is above this")
+    max_garbage_ratio: float = field(
+        0.3, minimum=0, maximum=1, help="drop a page whose share of unexpected characters is above this"
+    )
     min_mean_confidence: float = field(
-        60.0, help="drop a page whose mean word confidence (0-100, Tesseract TSV and hOCR only) is below this"
+        60.0,
+        minimum=0,
+        maximum=100,
+        help="drop a page whose mean word confidence (0-100, Tesseract TSV and hOCR only) is below this",
     )
 
 

@@ -69,28 +69,42 @@ def bad_words(path: str, lang: str) -> frozenset[str]:
 
 @dataclass
 class QualityConfig(StageConfig):
-    min_words: int = field(20, help="fewer words than this: too_short")
+    min_words: int = field(20, minimum=0, help="fewer words than this: too_short")
     min_script_fraction: float = field(
-        0.6, help="share of letters in the language's scripts below this: low_script_fraction"
+        0.6, minimum=0, maximum=1, help="share of letters in the language's scripts below this: low_script_fraction"
     )
-    max_symbol_ratio: float = field(0.2, help="share of symbol characters above this: too_many_symbols (setu: 0.2)")
-    max_digit_ratio: float = field(0.3, help="share of digits above this: too_many_digits")
-    min_alphabetic_words: float = field(0.7, help="share of words with a letter below this: too_few_alphabetic_words")
+    max_symbol_ratio: float = field(
+        0.2, minimum=0, maximum=1, help="share of symbol characters above this: too_many_symbols (setu: 0.2)"
+    )
+    max_digit_ratio: float = field(0.3, minimum=0, maximum=1, help="share of digits above this: too_many_digits")
+    min_alphabetic_words: float = field(
+        0.7, minimum=0, maximum=1, help="share of words with a letter below this: too_few_alphabetic_words"
+    )
     max_duplicate_line_fraction: float | None = field(
-        None, help="share of repeated lines above this: repeated_lines (None: FineWeb-2's value per language, else 0.3)"
+        None,
+        minimum=0,
+        maximum=1,
+        help="share of repeated lines above this: repeated_lines (None: FineWeb-2's value per language, else 0.3)",
     )
-    max_duplicate_paragraph_fraction: float = field(0.3, help="share of repeated paragraphs: repeated_paragraphs")
+    max_duplicate_paragraph_fraction: float = field(
+        0.3, minimum=0, maximum=1, help="share of repeated paragraphs: repeated_paragraphs"
+    )
     max_duplicate_ngram_fraction: float = field(
-        0.2, help="share of characters in repeated word 5-grams: repeated_ngrams"
+        0.2, minimum=0, maximum=1, help="share of characters in repeated word 5-grams: repeated_ngrams"
     )
-    min_stopwords: int = field(2, help="fewer stop words of the language than this: no_stopwords (FineWeb-2: 2)")
+    min_stopwords: int = field(
+        2, minimum=0, help="fewer stop words of the language than this: no_stopwords (FineWeb-2: 2)"
+    )
     min_words_for_ratios: int = field(
         50,
+        minimum=0,
         help="digit, alphabetic-word, word-length, repetition and stop-word checks apply from this many words on: "
         "on a sentence or a headline those ratios are noise",
     )
     bad_words: str | None = field(None, help="a word list, or a directory of <lang>.txt lists (one entry per line)")
-    max_bad_word_fraction: float = field(0.01, help="share of words on the bad-word list above this: bad_words")
+    max_bad_word_fraction: float = field(
+        0.01, minimum=0, maximum=1, help="share of words on the bad-word list above this: bad_words"
+    )
 
 
 @stage("quality", order=60, config=QualityConfig, help="heuristic filters")
