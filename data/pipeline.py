@@ -1,14 +1,16 @@
 """Build the stage list from a recipe, run every source through it, and write kept and rejected records.
 
-Two phases. The record stages (normalize ... decontaminate) judge each record, or each OCR'd book, on
-its own: batches go to ``num_proc`` worker processes and come back in input order, so the output does
-not depend on the number of workers. The corpus stages (repeated lines, duplicates) must observe every
-record before they judge one: each observes the records as they are spilled to Parquet in the output's
-``.partial`` directory, and judges them as they are read back, which is when the next corpus stage
-observes them. So every stage processes a record once and every spill is read once. A record a corpus
-stage rejects travels on, marked, to the end, where kept and rejected records are written in input order.
-Memory stays bounded by a few batches, a few row groups per writer (the writers spill by bytes), plus the
-corpus stages' in-memory indexes (repeated lines, duplicates).
+Two executors share the stages, the schemas, the writers, the tally and the atomic output: ``local`` (below)
+and ``ray`` (``ray_executor``: the same phases as tasks over shards of the input on a Ray cluster).
+
+Two phases. The record stages (normalize ... decontaminate) judge each record, or each OCR'd book, on its own:
+batches go to ``num_proc`` worker processes and come back in input order, so the output does not depend on the
+number of workers. The corpus stages (repeated lines, duplicates) must observe every record before they judge
+one: each observes the records as they are spilled to Parquet in the output's ``.partial`` directory, and judges
+them as they are read back, which is when the next corpus stage observes them. So every stage processes a record
+once and every spill is read once. A record a corpus stage rejects travels on, marked, to the end, where kept
+and rejected records are written in input order. Memory stays bounded by a few batches, a few row groups per
+writer (the writers spill by bytes), plus the corpus stages' in-memory indexes (repeated lines, duplicates).
 
 Outputs in ``output_dir``: ``data/part-*.parquet`` (kept), ``rejected/part-*.parquet`` (with ``stage`` and
 ``reason``), ``report.json``, ``report.md``, ``report.png``, the resolved ``recipe.yaml`` and the manifest of the
@@ -19,6 +21,7 @@ holds files the pipeline did not write, is refused before any work.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -32,7 +35,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import chain, groupby, islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -69,6 +72,19 @@ class PrepareConfig:
         help="an output Parquet file rolls over at this many MB of records (uncompressed)",
     )
     shard_records: int | None = field(None, minimum=1, help="also roll over at this many records (null: by size only)")
+    executor: Literal["local", "ray"] = field(
+        "local", help="local: this machine (num_proc processes); ray: a Ray cluster (pip install -e '.[ray]')"
+    )
+    ray_address: str | None = field(
+        None, help="ray: auto (the cluster this machine belongs to), HOST:PORT, or null (start Ray on this machine)"
+    )
+    split_mb: int = field(
+        256,
+        minimum=1,
+        maximum=65_536,
+        help="ray: an input file larger than this is read by several tasks (byte ranges of an uncompressed "
+        "jsonl or txt line file, row groups of a Parquet file)",
+    )
 
 
 CORE_COLUMNS = {
@@ -106,7 +122,10 @@ class ShardWriter:
             name: [json.dumps(r["meta"], ensure_ascii=False) if name == "meta" else r.get(name) for r in records]
             for name in self.schema.names
         }
-        batch = pa.RecordBatch.from_pydict(columns, schema=self.schema)
+        self.write_batch(pa.RecordBatch.from_pydict(columns, schema=self.schema))
+
+    def write_batch(self, batch: pa.RecordBatch) -> None:
+        """Records already in Arrow form, with this writer's schema (``meta`` as its JSON string)."""
         ends = np.cumsum(_row_bytes(batch))  # ends[i]: bytes of the batch's records 0..i
         start = 0
         while start < batch.num_rows:
@@ -309,46 +328,86 @@ def _read_and_judge(stage: CorpusStage, spill: Path, batch_size: int) -> Iterato
     shutil.rmtree(spill)
 
 
+@dataclass
+class Job:
+    """What both executors share in one run: the stages, the output schemas, the tally and the writers."""
+
+    config: PrepareConfig
+    partial: Path
+    record_stages: list[Stage]
+    corpus_stages: list[CorpusStage]
+    kept_schema: pa.Schema
+    rejected_schema: pa.Schema
+    tally: reporting.Tally
+    rejected: ShardWriter = dataclasses.field(init=False)
+    kept: ShardWriter | None = None
+
+    def __post_init__(self) -> None:
+        self.rejected = self._writer("rejected", self.rejected_schema)
+
+    @property
+    def shard_bytes(self) -> int:
+        return self.config.shard_mb * 2**20
+
+    def spilled_columns(self) -> dict[str, pa.DataType]:
+        """The columns of a record leaving the record stages: the core ones, theirs, and stage/reason."""
+        return {**CORE_COLUMNS, **{n: t for s in self.record_stages for n, t in s.columns.items()}, **REJECT_COLUMNS}
+
+    def open_kept(self) -> ShardWriter:
+        self.kept = self._writer("data", self.kept_schema)
+        return self.kept
+
+    def _writer(self, name: str, schema: pa.Schema) -> ShardWriter:
+        return ShardWriter(self.partial / name, schema, self.shard_bytes, self.config.shard_records)
+
+
 def run(config: PrepareConfig) -> dict[str, Any]:
     """Run the recipe; return the report (also written to ``output_dir``). Bad settings, sources and output
     folders are refused with a typed error before any work."""
     check_ranges(config)
     check_sources(config.sources)
     stages = build_stages(config.stages)
-    record_stages = [s for s in stages if not isinstance(s, CorpusStage)]
-    corpus_stages = [s for s in stages if isinstance(s, CorpusStage)]
     stage_columns = {name: t for stage in stages for name, t in stage.columns.items()}
-    kept_schema = pa.schema({**CORE_COLUMNS, **stage_columns})
-    rejected_schema = pa.schema({**CORE_COLUMNS, **stage_columns, **REJECT_COLUMNS})
-
-    tally = reporting.Tally([s.name for s in stages])
     inputs = [path for source in config.sources for path in source.reads_from()]
-    shard_bytes = config.shard_mb * 2**20
     with atomic_directory(config.output_dir, overwrite=config.overwrite, protected=inputs) as partial:
-        rejected_writer = ShardWriter(partial / "rejected", rejected_schema, shard_bytes, config.shard_records)
-        batches = _record_phase(config, record_stages, tally, rejected_writer)
-        spilled_columns = {
-            **CORE_COLUMNS,
-            **{name: t for s in record_stages for name, t in s.columns.items()},
-            **REJECT_COLUMNS,
-        }
-        for stage in corpus_stages:
-            spill = partial / f"{stage.name}.spill"
-            _observe_and_spill(stage, batches, ShardWriter(spill, pa.schema(spilled_columns), shard_bytes))
-            spilled_columns.update(stage.columns)
-            batches = _read_and_judge(stage, spill, config.batch_size)
+        job = Job(
+            config=config,
+            partial=partial,
+            record_stages=[s for s in stages if not isinstance(s, CorpusStage)],
+            corpus_stages=[s for s in stages if isinstance(s, CorpusStage)],
+            kept_schema=pa.schema({**CORE_COLUMNS, **stage_columns}),
+            rejected_schema=pa.schema({**CORE_COLUMNS, **stage_columns, **REJECT_COLUMNS}),
+            tally=reporting.Tally([s.name for s in stages]),
+        )
+        if config.executor == "ray":
+            from indictune.data import ray_executor  # Ray is needed only here
 
-        kept_writer = ShardWriter(partial / "data", kept_schema, shard_bytes, config.shard_records)
-        for batch in batches:
-            kept, rejected = _split(batch)
-            tally.keep(kept)
-            kept_writer.write(kept)
-            tally.reject(rejected)
-            rejected_writer.write(rejected)
-        kept_writer.close()
-        rejected_writer.close()
+            ray_executor.run(job)
+        else:
+            _run_local(job)
+        job.kept.close()
+        job.rejected.close()
 
-        report = tally.report()
+        report = job.tally.report()
         (partial / "recipe.yaml").write_text(yaml.safe_dump(to_dict(config), allow_unicode=True, sort_keys=False))
         reporting.write(report, partial)
     return report
+
+
+def _run_local(job: Job) -> None:
+    config = job.config
+    batches = _record_phase(config, job.record_stages, job.tally, job.rejected)
+    spilled_columns = job.spilled_columns()
+    for stage in job.corpus_stages:
+        spill = job.partial / f"{stage.name}.spill"
+        _observe_and_spill(stage, batches, ShardWriter(spill, pa.schema(spilled_columns), job.shard_bytes))
+        spilled_columns.update(stage.columns)
+        batches = _read_and_judge(stage, spill, config.batch_size)
+
+    kept_writer = job.open_kept()
+    for batch in batches:
+        kept, rejected = _split(batch)
+        job.tally.keep(kept)
+        kept_writer.write(kept)
+        job.tally.reject(rejected)
+        job.rejected.write(rejected)

@@ -59,6 +59,20 @@ class Tally:
             self.edits.update({k: record[k] for k in EDIT_COLUMNS if record.get(k)})
             self.flags.update(k for k in FLAG_COLUMNS if record.get(k))
 
+    def merge(self, other: Tally) -> None:
+        """Add the counts of `other` (a part of the run counted elsewhere, as a Ray task does) to these."""
+        for mine, theirs in (
+            (self.sources, other.sources),
+            (self.rejected, other.rejected),
+            (self.languages, other.languages),
+            (self.characters, other.characters),
+        ):
+            for key, counts in theirs.items():
+                mine[key].update(counts)
+        self.pii.update(other.pii)
+        self.edits.update(other.edits)
+        self.flags.update(other.flags)
+
     def report(self) -> dict[str, Any]:
         for source, c in self.sources.items():
             if c["input"] != c["kept"] + c["rejected"]:

@@ -1,6 +1,7 @@
 """Prepare an Indic corpus: read, normalize, identify, clean, redact, filter, deduplicate; Parquet out.
 
 python scripts/prepare_data.py --config recipes/data/sample.yaml [--output_dir DIR] [--key value ...]
+python scripts/prepare_data.py --config RECIPE --executor ray [--ray_address auto | HOST:PORT]   # on a Ray cluster
 
 A problem with the recipe, the sources, a stage's settings or the output folder (one that holds the inputs
 or files the pipeline did not write, or that another run is writing) ends the run with one line

@@ -326,7 +326,8 @@ class _Decompressed(io.RawIOBase):
         super().close()
 
 
-def _compression(magic: bytes) -> Callable[[Path], IO[bytes]] | None:
+def decompressor(magic: bytes) -> Callable[[Path], IO[bytes]] | None:
+    """What opens a file starting with `magic` (its first 10 bytes) as gzip, zstd, xz or bzip2; None for others."""
     if magic.startswith(b"\x1f\x8b"):
         return lambda path: gzip.open(path, "rb")
     if magic.startswith(b"\x28\xb5\x2f\xfd") or (magic[1:4] == b"\x2a\x4d\x18" and 0x50 <= magic[0] <= 0x5F):
@@ -341,7 +342,7 @@ def _compression(magic: bytes) -> Callable[[Path], IO[bytes]] | None:
 def open_binary(path: Path) -> IO[bytes]:
     """The file's bytes, decompressed as a stream when its first bytes say gzip, zstd, bzip2 or xz."""
     with open(path, "rb") as handle:
-        opener = _compression(handle.read(10))
+        opener = decompressor(handle.read(10))
     if opener is None:
         return open(path, "rb")
     try:
@@ -527,14 +528,14 @@ def read(source: Source) -> Iterator[dict[str, Any]]:
     """All records of a source, in file order; stops after ``source.limit`` records."""
     count = 0
     for path in source.files():
-        for record in _file_records(source, path):
+        for record in file_records(source, path):
             if source.limit is not None and count >= source.limit:
                 return
             yield record
             count += 1
 
 
-def _file_records(source: Source, path: Path) -> Iterator[dict[str, Any]]:
+def file_records(source: Source, path: Path) -> Iterator[dict[str, Any]]:
     """The file's records; a file that gives none is still one reject, so every file is in the report."""
     count = 0
     try:

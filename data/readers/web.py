@@ -34,7 +34,7 @@ from indictune.data.readers import (
 )
 
 
-def _from_row(source: Source, path: Path, position: int, row: dict[str, Any], where: str) -> dict[str, Any]:
+def record_from_row(source: Source, path: Path, position: int, row: dict[str, Any], where: str) -> dict[str, Any]:
     text = row.get(source.text_field)
     lang = row.get(source.lang_field) if source.lang_field else None
     extra = {k: v for k, v in row.items() if k not in (source.text_field, source.lang_field)}
@@ -48,7 +48,7 @@ def _from_row(source: Source, path: Path, position: int, row: dict[str, Any], wh
 
 @reader("jsonl")
 def read_jsonl(source: Source, path: Path) -> Iterator[dict[str, Any]]:
-    return json_lines(source, path, lambda position, where, row: _from_row(source, path, position, row, where))
+    return json_lines(source, path, lambda position, where, row: record_from_row(source, path, position, row, where))
 
 
 @reader("parquet")
@@ -59,7 +59,7 @@ def read_parquet(source: Source, path: Path) -> Iterator[dict[str, Any]]:
         with pq.ParquetFile(path, pre_buffer=False) as parquet:
             for batch in parquet.iter_batches(batch_size=1024):
                 for row in batch.to_pylist():
-                    yield _from_row(source, path, position, row, f"row {position}")
+                    yield record_from_row(source, path, position, row, f"row {position}")
                     position += 1
     except pa.ArrowException as err:  # not Parquet, or a damaged one: the file's other rows are lost, not the run
         yield make_record(source, path, position, "", read_error="invalid_parquet", where="file", error=str(err)[:200])
@@ -96,7 +96,7 @@ def read_delimited(source: Source, path: Path) -> Iterator[dict[str, Any]]:
             row = dict(zip(header, fields + [None] * (len(header) - len(fields))))
             if len(fields) > len(header):
                 row["_extra"] = fields[len(header) :]
-            yield _from_row(source, path, position, row, where)
+            yield record_from_row(source, path, position, row, where)
         position += 1
 
 
@@ -235,4 +235,4 @@ def read_hf(source: Source, path: Path) -> Iterator[dict[str, Any]]:
                 "Offline, save it with Dataset.save_to_disk and set path to that directory."
             ) from err
     for position, row in enumerate(data):
-        yield _from_row(source, path, position, row, f"row {position}")
+        yield record_from_row(source, path, position, row, f"row {position}")

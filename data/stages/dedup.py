@@ -12,6 +12,7 @@ with every vowel sign, virama and nukta kept.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import Literal
 
@@ -54,12 +55,25 @@ class RepeatedLines(CorpusStage):
             for line in record["text"].split("\n")
         ]
 
+    def document_keys(self, record: Record) -> set[int]:
+        """The keys of the record's distinct countable lines: what one document adds to each line's count."""
+        return {key for key in self._keys(record) if key is not None}
+
     def observe(self, record: Record) -> None:
-        self.documents_with.update({key for key in self._keys(record) if key is not None})
+        self.documents_with.update(self.document_keys(record))
+
+    def finish_observing(self) -> None:
+        self.repeated = {key for key, count in self.documents_with.items() if count >= self.config.min_documents}
+        self.documents_with = Counter()  # the repeated keys are all that judging needs
 
     def process(self, record: Record) -> str | None:
+        return self.remove_lines(record, self.repeated)
+
+    def remove_lines(self, record: Record, repeated: Container[int]) -> str | None:
+        """``process`` given the keys of the lines found in at least ``min_documents`` documents (at least
+        those of this record's lines; the Ray executor counts them without one process holding them all)."""
         lines = record["text"].split("\n")
-        keep = [key is None or self.documents_with[key] < self.config.min_documents for key in self._keys(record)]
+        keep = [key not in repeated for key in self._keys(record)]
         record["repeated_lines_removed"] = keep.count(False)
         if all(keep):
             return None
@@ -67,6 +81,12 @@ class RepeatedLines(CorpusStage):
         if len(text.words(record["text"])) < self.config.min_words_left:
             return "only_repeated_lines"
         return None
+
+
+def exact_key(folded: str) -> str:
+    """A record's ``text_hash``, the key of exact duplicates: a 128-bit hash of ``text.comparison_key(text)``,
+    computed from ``folded = text.key_words_text(text)``."""
+    return xxhash.xxh3_128_hexdigest(" ".join(folded.split()).encode())
 
 
 MAX_PERMUTATIONS = 1024  # each costs 4 bytes per record until the clusters are settled
@@ -136,6 +156,18 @@ class Dedup(CorpusStage):
                 np.minimum(least, block.min(axis=0), out=least)
         return (least >> np.uint64(32)).astype(np.uint32)  # the top bits' minimum is the minimum's top bits
 
+    def band_keys(self, signature: np.ndarray) -> list[int]:
+        """One LSH bucket key per band: records sharing any one are candidates."""
+        return [
+            xxhash.xxh64_intdigest(signature[start : start + self.rows].tobytes())
+            for start in range(0, len(signature), self.rows)
+        ]
+
+    def similar(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Whether candidates are merged: signatures agreeing on at least ``threshold`` of their values (row by
+        row for matrices)."""
+        return np.count_nonzero(a == b, axis=-1) >= self.config.threshold * self.config.num_perm
+
     def _root(self, i: int) -> int:
         while self.parent[i] != i:
             self.parent[i] = self.parent[self.parent[i]]
@@ -152,7 +184,7 @@ class Dedup(CorpusStage):
         self.observed += 1
         self.parent.append(index)
         folded = text.key_words_text(record["text"])
-        key = xxhash.xxh3_128_hexdigest(" ".join(folded.split()).encode())  # text.comparison_key, from `folded`
+        key = exact_key(folded)
         if self.config.exact:
             first = self.first_with_hash.setdefault(key, index)
             if first != index:
@@ -164,12 +196,10 @@ class Dedup(CorpusStage):
             return
         signature = self.signature(record["text"], folded)
         self.signatures.append(signature)
-        needed = self.config.threshold * self.config.num_perm
-        for band, bucket in enumerate(self.buckets):
-            band_key = xxhash.xxh64_intdigest(signature[band * self.rows : (band + 1) * self.rows].tobytes())
+        for bucket, band_key in zip(self.buckets, self.band_keys(signature)):
             other = bucket.setdefault(band_key, index)
             if other != index and self._root(other) != self._root(index):
-                if np.count_nonzero(self.signatures[other] == signature) >= needed:
+                if self.similar(self.signatures[other], signature):
                     self._union(other, index)
 
     def finish_observing(self) -> None:
@@ -182,13 +212,25 @@ class Dedup(CorpusStage):
     def process(self, record: Record) -> str | None:
         index = self.cursor
         self.cursor += 1
-        record["text_hash"] = xxhash.xxh3_128_hexdigest(text.comparison_key(record["text"]).encode())
+        key = exact_key(text.key_words_text(record["text"]))
         root = int(self.roots[index])
-        record["cluster_size"] = int(self.cluster_sizes[root])
+        cluster_size = int(self.cluster_sizes[root])
         if root == index:
-            if record["cluster_size"] > 1:
+            if cluster_size > 1:
                 self.representative_ids[index] = record["id"]
+            return self.mark(record, key, cluster_size)
+        exact = self.config.exact and self.first_with_hash[key] != index
+        return self.mark(record, key, cluster_size, self.representative_ids[root], exact)
+
+    @staticmethod
+    def mark(
+        record: Record, key: str, cluster_size: int, duplicate_of: str | None = None, exact: bool = False
+    ) -> str | None:
+        """Fill the record's columns from its cluster (`duplicate_of`: the id of the record kept, None for that
+        one) and return the reason it is dropped; `exact` when an earlier record has its `key`."""
+        record["text_hash"] = key
+        record["cluster_size"] = cluster_size
+        if duplicate_of is None:
             return None
-        record["duplicate_of"] = self.representative_ids[root]
-        exact = self.config.exact and self.first_with_hash[record["text_hash"]] != index
+        record["duplicate_of"] = duplicate_of
         return "exact_duplicate" if exact else "near_duplicate"
