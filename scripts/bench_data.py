@@ -166,17 +166,22 @@ def shingle_set(content: str) -> set[int]:
     )
 
 
+def distinct_records(records: list[dict]) -> list[dict]:
+    """The records that are no near duplicate of another, by a looser probe than the stage's (wiki stubs built
+    from one template are): only copies planted from these are duplicates."""
+    probe = Dedup(DedupConfig(threshold=0.5, bands=28, num_perm=112))
+    for r in records:
+        probe.observe(r)
+    probe.finish_observing()
+    return [r for i, r in enumerate(records) if probe.cluster_sizes[probe.roots[i]] == 1]
+
+
 def plant_near_duplicates(
     records: list[dict], count: int, seed: int = 0
 ) -> tuple[list[dict], dict[str, str], list[float]]:
     """The corpus with `count` planted copies appended in random order; {copy id: original id}; their Jaccard."""
     rng = random.Random(seed)
-    # Keep only articles that are no near-duplicate of another (wiki stubs built from one template are).
-    probe = Dedup(DedupConfig(threshold=0.5, bands=28, num_perm=112))
-    for r in records:
-        probe.observe(r)
-    probe.finish_observing()
-    singles = [r for i, r in enumerate(records) if probe.cluster_sizes[probe.roots[i]] == 1]
+    singles = distinct_records(records)
     vocabulary = sorted({w for r in singles[:200] for w in r["text"].split()})
     originals = rng.sample(singles, min(count, len(singles)))
     copies, truth, similarity = [], {}, []

@@ -69,15 +69,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+# scripts/ is on the path when a script runs: the corpus and the signature timers are bench_data's.
+from bench_data import datatrove_signatures, distinct_records, load_articles, ours_signatures
+
 from indictune.core import recipe
 from indictune.core import text as text_units
 from indictune.core.paths import shared_data_dir
 from indictune.data import pipeline
-from indictune.data.readers import Source, read
-from indictune.data.stages.dedup import Dedup, DedupConfig
+from indictune.data.stages.dedup import DedupConfig
 
 REPO = Path(__file__).resolve().parent.parent
-DUMPS = {"mr": "mrwiki-truncated-100k.xml.xz", "bn": "bnwiki-truncated-100k.xml.xz"}
 FLORES = {
     "hin_Deva": "hi",
     "mar_Deva": "mr",
@@ -124,12 +125,7 @@ SHUFFLED_BYTES = {
 
 def load_documents(shared: Path, limit: int | None) -> tuple[list[dict], dict[str, list[str]]]:
     """Distinct documents {doc, text, lang, origin} in a fixed order, and the decontamination set by language."""
-    documents = []
-    for lang, dump in DUMPS.items():
-        source = Source(path=str(shared / "wikipedia_dumps_mr_bn" / dump), format="mediawiki", lang=lang)
-        for r in read(source):
-            if "read_error" not in r and len(r["text"].split()) >= 50:
-                documents.append({"text": r["text"], "lang": lang, "origin": "wikipedia"})
+    documents = [{"text": r["text"], "lang": r["lang"], "origin": "wikipedia"} for r in load_articles(shared)]
     held_out = {}
     for name, lang in FLORES.items():
         sentences = (shared / "flores200" / "dev" / f"{name}.dev").read_text(encoding="utf-8").splitlines()
@@ -158,11 +154,7 @@ def build_corpus(documents: list[dict], planted: int, files: int, seed: int = 0)
     """The documents without near duplicates among them, plus `planted` copies, in `files` files (lists of
     {doc, text, lang}); {copy: original} by doc name, and the copies' true 5-shingle Jaccard."""
     rng = random.Random(seed)
-    probe = Dedup(DedupConfig(threshold=0.5, bands=28, num_perm=112))
-    for d in documents:
-        probe.observe(d)
-    probe.finish_observing()
-    singles = [d for i, d in enumerate(documents) if probe.cluster_sizes[probe.roots[i]] == 1]
+    singles = distinct_records(documents)
     rng.shuffle(singles)
     vocabulary: dict[str, list[str]] = {}
     for d in singles:
@@ -555,38 +547,23 @@ def datatrove_dedup(corpus: Path, scratch: Path, files: int) -> tuple[float, dic
 # 4. signatures ------------------------------------------------------------------------------------------------
 
 
-def signature_rates(texts: list[str], langs: list[str], scratch: Path) -> dict[str, float]:
+def signature_rates(articles: list[dict], scratch: Path) -> dict[str, float]:
+    """Ours and datatrove's as scripts/bench_data.py times them, and rensa on the same shingles."""
     import rensa
-    from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
 
+    texts = [a["text"] for a in articles]
     size = sum(len(t.encode("utf-8")) for t in texts) / 1e6
-    dedup = Dedup(DedupConfig())
-    start = time.perf_counter()
-    for t in texts:
-        dedup.signature(t)
-    ours = time.perf_counter() - start
-
-    num_perm, n = dedup.config.num_perm, dedup.config.ngram
+    ours = ours_signatures(texts)
+    config = DedupConfig()
     start = time.perf_counter()
     for t in texts:
         words = text_units.words(text_units.key_words_text(t))
-        shingles = [" ".join(words[i : i + n]) for i in range(max(1, len(words) - n + 1))]
-        minhash = rensa.RMinHash(num_perm=num_perm, seed=dedup.config.seed)
+        shingles = [" ".join(words[i : i + config.ngram]) for i in range(max(1, len(words) - config.ngram + 1))]
+        minhash = rensa.RMinHash(num_perm=config.num_perm, seed=config.seed)
         minhash.update(shingles)
         minhash.digest()
     peer = time.perf_counter() - start
-
-    signers = {
-        lang: MinhashDedupSignature(output_folder=str(scratch / lang), config=MinhashConfig(), language=flores)
-        for lang, flores in (("mr", "mar_Deva"), ("bn", "ben_Beng"))
-    }
-    for signer in signers.values():
-        signer._hash_func = _xxhash64_utf8
-    start = time.perf_counter()
-    for t, lang in zip(texts, langs):
-        signer = signers[lang]
-        signer.get_signature(signer.get_shingles(t))
-    datatrove = time.perf_counter() - start
+    datatrove = datatrove_signatures(articles, scratch)
     return {"indictune": size / ours, "rensa": size / peer, "datatrove": size / datatrove, "megabytes": size}
 
 
@@ -751,7 +728,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print("signatures ...", file=sys.stderr)
         wiki = [d for d in documents if d["origin"] == "wikipedia"]
-        signatures = signature_rates([d["text"] for d in wiki], [d["lang"] for d in wiki], scratch / "signers")
+        signatures = signature_rates(wiki, scratch / "signers")
 
     num_perm, bands = DedupConfig().num_perm, DedupConfig().bands
     shuffles = shuffle_per_document(counts.counts, num_perm, bands)
