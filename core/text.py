@@ -6,12 +6,13 @@ import unicodedata
 
 import numpy as np
 import regex
-import xxhash
 
 from indictune.core import languages
 
 # `regex`'s \w includes combining marks (Mn/Mc); the standard library's splits Hindi words at every matra.
-_WORD = regex.compile(r"[\w\p{M}]+(?:['’\-][\w\p{M}]+)*")
+_JOINERS = "'’-"
+_WORD_CHAR_RUN = regex.compile(r"[\w\p{M}]+")
+_WORD = regex.compile(rf"[\w\p{{M}}]+(?:[{regex.escape(_JOINERS)}][\w\p{{M}}]+)*")
 _ZERO_WIDTH = regex.compile("[\u200c\u200d\u2060\ufeff]")
 _ZWSP_RUN = regex.compile("\u200b+")
 _ZWNJ = "\u200c"
@@ -71,8 +72,62 @@ def key_words_text(text: str) -> str:
 
 def word_hashes(tokens: list[str]) -> np.ndarray:
     """A stable 64-bit hash per word (the same in every process and run, unlike ``hash``)."""
-    unique = {t: xxhash.xxh64_intdigest(t.encode()) for t in set(tokens)}  # words repeat: hash each once
-    return np.fromiter(map(unique.__getitem__, tokens), dtype=np.uint64, count=len(tokens))
+    return text_word_hashes(" ".join(tokens))  # a space is no part of a word: the join splits back into `tokens`
+
+
+MAX_WORD_CHARS = 1024  # characters of a word with their own position key (a power of two); longer words reuse them
+_WORD_KEYS = np.random.default_rng(0x3D5).integers(1, 2**63, size=MAX_WORD_CHARS + 1, dtype=np.uint64) * 2 + 1
+_char_classes: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def _classes() -> tuple[np.ndarray, np.ndarray]:
+    """Per code point: whether ``words`` counts it as a word character, and whether it joins two words."""
+    global _char_classes
+    if _char_classes is None:
+        letters = np.zeros(0x110000, dtype=bool)
+        for low, high in ((0, 0xD800), (0xE000, 0x110000)):  # every code point but the surrogates
+            chars = np.arange(low, high, dtype=np.uint32).tobytes().decode("utf-32-le")
+            for run in _WORD_CHAR_RUN.finditer(chars):
+                letters[low + run.start() : low + run.end()] = True
+        joiners = np.zeros(0x110000, dtype=bool)
+        joiners[[ord(c) for c in _JOINERS]] = True
+        _char_classes = letters, joiners
+    return _char_classes
+
+
+def text_word_hashes(text: str) -> np.ndarray:
+    """``word_hashes(words(text))``, computed over the text's code points at once: the words found by the same
+    rule as ``words`` (runs of letters and marks, joined by a single apostrophe or hyphen between two of them),
+    each hashed from its characters and their positions in it."""
+    letters, joiners = _classes()
+    points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    if not len(points):
+        return np.zeros(0, dtype=np.uint64)
+    is_letter = letters[points]
+    in_word = is_letter.copy()
+    in_word[1:-1] |= joiners[points[1:-1]] & is_letter[:-2] & is_letter[2:]
+    edges = np.diff(in_word.astype(np.int8), prepend=np.int8(0), append=np.int8(0))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    if not len(starts):
+        return np.zeros(0, dtype=np.uint64)
+    lengths = ends - starts
+    word_starts = np.cumsum(lengths) - lengths  # where each word begins among the word characters alone
+    offsets = np.arange(int(lengths.sum())) - np.repeat(word_starts, lengths)  # each character's place in its word
+    with np.errstate(over="ignore"):
+        terms = points[in_word].astype(np.uint64) * _WORD_KEYS[offsets & (MAX_WORD_CHARS - 1)]
+        combined = np.add.reduceat(terms, word_starts) + lengths.astype(np.uint64) * _WORD_KEYS[MAX_WORD_CHARS]
+    return _mix(combined)
+
+
+def _mix(values: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, in place: spreads a sum over all 64 bits."""
+    with np.errstate(over="ignore"):
+        values ^= values >> np.uint64(30)
+        values *= np.uint64(0xBF58476D1CE4E5B9)
+        values ^= values >> np.uint64(27)
+        values *= np.uint64(0x94D049BB133111EB)
+        values ^= values >> np.uint64(31)
+    return values
 
 
 MAX_NGRAM = 256  # the longest word n-gram hashed (dedup shingles, decontamination n-grams)
@@ -93,10 +148,4 @@ def ngram_hashes(hashes: np.ndarray, n: int) -> np.ndarray:
     with np.errstate(over="ignore"):
         for j in range(n):
             combined += hashes[j : j + count] * _POSITION[j]
-        # splitmix64's finaliser spreads the sum over all 64 bits
-        combined ^= combined >> np.uint64(30)
-        combined *= np.uint64(0xBF58476D1CE4E5B9)
-        combined ^= combined >> np.uint64(27)
-        combined *= np.uint64(0x94D049BB133111EB)
-        combined ^= combined >> np.uint64(31)
-    return combined
+    return _mix(combined)

@@ -79,11 +79,11 @@ class PrepareConfig:
         None, help="ray: auto (the cluster this machine belongs to), HOST:PORT, or null (start Ray on this machine)"
     )
     split_mb: int = field(
-        256,
+        64,
         minimum=1,
         maximum=65_536,
-        help="ray: an input file larger than this is read by several tasks (byte ranges of an uncompressed "
-        "jsonl or txt line file, row groups of a Parquet file)",
+        help="ray: the bytes of input one task reads: small files are grouped up to it, a larger file is read by "
+        "several tasks (byte ranges of an uncompressed jsonl or txt line file, row groups of a Parquet file)",
     )
 
 
@@ -104,74 +104,120 @@ REJECT_COLUMNS = {"stage": pa.string(), "reason": pa.string()}
 ROW_GROUP_BYTES = 8 * 2**20
 
 
+class RowLayout:
+    """Where the writers end row groups and files, from the rows' sizes alone, in order: a row group ends with
+    the row that brings it to ``ROW_GROUP_BYTES`` (or to the file's `shard_bytes`), a file with the row group
+    that brings it to `shard_bytes` (or to `shard_records` rows)."""
+
+    def __init__(self, shard_bytes: int, shard_records: int | None = None):
+        self.shard_bytes, self.shard_records = shard_bytes, shard_records or sys.maxsize
+        self.file_bytes = self.file_rows = self.pending_bytes = self.pending_rows = 0
+
+    def place(self, sizes: np.ndarray) -> list[tuple[int, bool]]:
+        """Place rows of these sizes after the rows placed before. Returns the row groups they complete, each as
+        (the index in `sizes` just after its last row, whether it also completes its file); the rows after the
+        last one wait for more rows, or for ``finish``."""
+        ends = np.cumsum(sizes)  # ends[i]: bytes of rows 0..i
+        groups, start = [], 0
+        while start < len(sizes):
+            before = int(ends[start - 1]) if start else 0
+            room = min(ROW_GROUP_BYTES, self.shard_bytes - self.file_bytes) - self.pending_bytes
+            fills = int(np.searchsorted(ends, before + room)) + 1  # the row that reaches `room` ends the group
+            caps = start + self.shard_records - self.file_rows - self.pending_rows
+            end = min(fills, caps, len(sizes))
+            self.pending_bytes += int(ends[end - 1]) - before
+            self.pending_rows += end - start
+            if end in (fills, caps):
+                groups.append((end, self.finish()))
+            start = end
+        return groups
+
+    def finish(self) -> bool:
+        """End a row group with the waiting rows; whether it completes its file."""
+        self.file_bytes += self.pending_bytes
+        self.file_rows += self.pending_rows
+        self.pending_bytes = self.pending_rows = 0
+        if self.file_bytes >= self.shard_bytes or self.file_rows >= self.shard_records:
+            self.file_bytes = self.file_rows = 0
+            return True
+        return False
+
+
 class ShardWriter:
     """Parquet files ``part-NNNNN.parquet``, each rolled over at `shard_bytes` of records (and `shard_records`
-    rows, when given), written a row group at a time. Row groups and files end where the records alone decide,
+    rows, when given), written a row group at a time where ``RowLayout`` says: where the records alone decide,
     never where the batches handed in end, so the bytes are the same for any batch size or number of workers."""
 
     def __init__(self, directory: Path, schema: pa.Schema, shard_bytes: int, shard_records: int | None = None):
         self.directory, self.schema = directory, schema
-        self.shard_bytes, self.shard_records = shard_bytes, shard_records or sys.maxsize
+        self.layout = RowLayout(shard_bytes, shard_records)
         self.pending: list[pa.RecordBatch] = []
-        self.pending_bytes = self.pending_rows = self.file_bytes = self.file_rows = self.shards = 0
+        self.shards = 0
         self.file: pq.ParquetWriter | None = None
         directory.mkdir(parents=True)
 
     def write(self, records: list[Record]) -> None:
+        self.write_batch(self.to_batch(records))
+
+    def to_batch(self, records: list[Record]) -> pa.RecordBatch:
+        """Records as this writer stores them (``meta`` as its JSON string)."""
         columns = {
             name: [json.dumps(r["meta"], ensure_ascii=False) if name == "meta" else r.get(name) for r in records]
             for name in self.schema.names
         }
-        self.write_batch(pa.RecordBatch.from_pydict(columns, schema=self.schema))
+        return pa.RecordBatch.from_pydict(columns, schema=self.schema)
 
     def write_batch(self, batch: pa.RecordBatch) -> None:
         """Records already in Arrow form, with this writer's schema (``meta`` as its JSON string)."""
-        ends = np.cumsum(_row_bytes(batch))  # ends[i]: bytes of the batch's records 0..i
         start = 0
-        while start < batch.num_rows:
-            before = int(ends[start - 1]) if start else 0
-            room = min(ROW_GROUP_BYTES, self.shard_bytes - self.file_bytes) - self.pending_bytes
-            fills = int(np.searchsorted(ends, before + room)) + 1  # the record that reaches `room` ends the group
-            caps = start + self.shard_records - self.file_rows - self.pending_rows
-            end = min(fills, caps, batch.num_rows)
+        for end, ends_file in self.layout.place(row_bytes(batch)):
             self.pending.append(batch.slice(start, end - start))
-            self.pending_bytes += int(ends[end - 1]) - before
-            self.pending_rows += end - start
-            if end in (fills, caps):
-                self._write_row_group()
+            self._write_row_group(ends_file)
             start = end
+        if start < batch.num_rows:
+            self.pending.append(batch.slice(start))
 
     def close(self) -> None:
         if self.pending:
-            self._write_row_group()
+            self._write_row_group(self.layout.finish())
         if self.file is not None:
             self._close_file()
         if self.shards == 0:  # an empty result is still a readable (empty) file
-            pq.write_table(self.schema.empty_table(), self._path())
+            pq.write_table(self.schema.empty_table(), self.path(0))
             self.shards = 1
 
-    def _write_row_group(self) -> None:
-        # One chunk per column: Parquet pages then break where the values alone decide.
-        table = pa.Table.from_batches(self.pending, self.schema).combine_chunks()
+    def written_elsewhere(self, files: int) -> None:
+        """Count `files` part files that other processes wrote into this writer's folder, laid out as it would
+        have laid them out; nothing may have been written here before."""
+        assert self.shards == 0 and self.file is None and not self.pending
+        self.shards = files
+
+    def _write_row_group(self, ends_file: bool) -> None:
+        table = row_group(self.pending, self.schema)
         if self.file is None:
-            self.file = pq.ParquetWriter(self._path(), self.schema)
+            self.file = pq.ParquetWriter(self.path(self.shards), self.schema)
         self.file.write_table(table, row_group_size=table.num_rows)
-        self.file_bytes += self.pending_bytes
-        self.file_rows += self.pending_rows
-        self.pending, self.pending_bytes, self.pending_rows = [], 0, 0
-        if self.file_bytes >= self.shard_bytes or self.file_rows >= self.shard_records:
+        self.pending = []
+        if ends_file:
             self._close_file()
 
     def _close_file(self) -> None:
         self.file.close()
-        self.file, self.file_bytes, self.file_rows = None, 0, 0
+        self.file = None
         self.shards += 1
 
-    def _path(self) -> Path:
-        return self.directory / f"part-{self.shards:05d}.parquet"
+    def path(self, index: int) -> Path:
+        return self.directory / f"part-{index:05d}.parquet"
 
 
-def _row_bytes(batch: pa.RecordBatch) -> np.ndarray:
+def row_group(pieces: list[pa.RecordBatch | pa.Table], schema: pa.Schema) -> pa.Table:
+    """The rows of one row group as the writers write it: one chunk per column, so Parquet pages break where
+    the values alone decide."""
+    tables = [p if isinstance(p, pa.Table) else pa.Table.from_batches([p], schema) for p in pieces]
+    return pa.concat_tables([t.cast(schema) for t in tables]).combine_chunks()
+
+
+def row_bytes(batch: pa.RecordBatch | pa.Table) -> np.ndarray:
     """Each row's size as the writers count it: the bytes of its strings plus 8 for every other value."""
     sizes = np.zeros(batch.num_rows, dtype=np.int64)
     for column in batch.columns:

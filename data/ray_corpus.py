@@ -1,9 +1,11 @@
 """The corpus stages (repeated lines, exact and near duplicates) as Ray tasks, giving exactly the local result.
 
 No process holds every record's keys or signatures, nor the whole candidate graph: per-shard tasks read one
-shard and cut what they computed into P hash partitions; reducer tasks (``num_returns``: one output per
-receiver, the plain Ray shuffle) each see one partition; what a shard's records need comes back to that
-shard's task by the same kind of shuffle (a join). The driver holds object references and counts only.
+shard and cut what they computed into P hash partitions; reducer tasks each see one partition; what a shard's
+records need comes back to that shard's task by the same kind of shuffle (a join). A task writes its outputs,
+one per receiver, to one file beside the stage's output (``_Tasks``), and each receiver reads its part: Ray
+carries S + P small handles per step of S shards and P partitions, and the driver holds those handles and
+counts only.
 
 Global order. The local executor numbers the records a stage observes (not marked, of its kinds) in input
 order. Here one task per shard counts them and the driver takes prefix sums: shard s holds indices
@@ -49,8 +51,13 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import shutil
+import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -97,27 +104,84 @@ def judge_corpus_stage(
     output_dir.mkdir(parents=True, exist_ok=True)
     outputs = [output_dir / f"part-{i:05d}.parquet" for i in range(len(shards))]
     if shards:
-        tasks = _Tasks()
+        exchange = output_dir / "exchange"
+        exchange.mkdir(exist_ok=True)
+        tasks = _Tasks(exchange)
         ray.get(distributed(tasks, stage, [str(p) for p in shards], [str(p) for p in outputs], parts))
-        for label, counts in tasks.counts.items():
-            log.info("%s: %s per task %s", stage.name, label, ray.get(counts))
+        for label, counts in tasks.counts().items():
+            log.info("%s: %s per task %s", stage.name, label, counts)
+        shutil.rmtree(exchange)
     return outputs
 
 
 # shared pieces ---------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Part:
+    """Output `index` of a task whose outputs went to one file; the task receiving it reads just that part."""
+
+    handle: ray.ObjectRef  # to (file, byte offsets of the outputs, count received)
+    index: int
+
+
 class _Tasks:
-    """Submits tasks that return their outputs and then a count of what they received, and keeps the counts'
-    references: the log then shows each shuffle's balance (a reducer holding nearly everything would show)."""
+    """Runs the stage's tasks through ``_run``. A task's outputs, one per receiving task (then a count of what it
+    received), go to one file in `folder`, on the filesystem every node sees; Ray holds only the file's small
+    handle. So a shuffle step of S senders and P receivers makes S + P objects, not S x P (each object costs
+    its owner, the driver, about 2 KB), and no output is small enough for Ray to keep inline in the driver's
+    memory. The counts' handles are kept: the log then shows each shuffle's balance (a reducer holding nearly
+    everything would show)."""
 
-    def __init__(self) -> None:
-        self.counts: dict[str, list[ray.ObjectRef]] = {}
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.handles: dict[str, list[ray.ObjectRef]] = {}
 
-    def submit(self, label: str, task: ray.remote_function.RemoteFunction, returns: int, *args) -> list:
-        *refs, count = task.options(num_returns=returns + 1).remote(*args)
-        self.counts.setdefault(label, []).append(count)
-        return refs
+    def submit(self, label: str, fn: Callable, returns: int, *args, spread: bool = False) -> list[_Part]:
+        handle = _run.options(**(_SPREAD if spread else {})).remote(fn, returns, str(self.folder), *_unpack(args))
+        self.handles.setdefault(label, []).append(handle)
+        return [_Part(handle, index) for index in range(returns)]
+
+    def value(self, fn: Callable, *args) -> ray.ObjectRef:
+        """A per-shard task whose result comes back as it is (a count)."""
+        return _run.options(**_SPREAD).remote(fn, 0, None, *_unpack(args))
+
+    def counts(self) -> dict[str, list[int]]:
+        return {label: [count for _, _, count in ray.get(handles)] for label, handles in self.handles.items()}
+
+
+def _unpack(args: tuple) -> list:
+    """A part as its handle's reference, which Ray resolves before the task starts (a ``ray.get`` inside the task
+    would block its worker, and Ray would start more workers than CPUs), and the part's index; other arguments as
+    they are."""
+    parts = [arg.index if isinstance(arg, _Part) else None for arg in args]
+    return [parts, *(arg.handle if isinstance(arg, _Part) else arg for arg in args)]
+
+
+@ray.remote
+def _run(fn: Callable, returns: int, folder: str | None, parts: list[int | None], *args: Any) -> Any:
+    """`fn` on its arguments (``parts[i]`` set: argument i is that part of a handle's file); with `returns`, its
+    outputs written to one file, under a name unique to this attempt (a retried task writes a new one; the
+    folder goes when the stage ends)."""
+    result = fn(*(arg if index is None else _read_part(arg, index) for arg, index in zip(args, parts)))
+    if not returns:
+        return result
+    *outputs, count = result
+    blobs = [pickle.dumps(output, protocol=5) for output in outputs]
+    path = Path(folder) / f"{uuid.uuid4().hex}.parts"
+    partial = path.with_suffix(".tmp")
+    with open(partial, "wb") as handle:
+        for blob in blobs:
+            handle.write(blob)
+    os.replace(partial, path)
+    return str(path), np.cumsum([0, *map(len, blobs)]), count
+
+
+def _read_part(handle: tuple[str, np.ndarray, int], index: int) -> Any:
+    path, offsets, _ = handle
+    with open(path, "rb") as file:
+        file.seek(int(offsets[index]))
+        return pickle.loads(file.read(int(offsets[index + 1] - offsets[index])))
 
 
 def _read(path: str, kinds: Sequence[str], columns: list[str] | None) -> tuple[list[Record], list[bool]]:
@@ -193,21 +257,18 @@ def _judge_shard(path: str, out: str, stage: CorpusStage, verdict: Callable[[int
 # repeated lines --------------------------------------------------------------------------------------------------
 
 
-@ray.remote(**_SPREAD)
 def _line_keys(stage: RepeatedLines, path: str, parts: int) -> list:
     records = _observed(path, stage.kinds, ["text", "source"])
     keys = np.fromiter((key for r in records for key in stage.document_keys(r)), dtype=np.uint64)
     return [k for (k,) in _split(keys % np.uint64(parts), parts, keys)] + [len(keys)]
 
 
-@ray.remote
 def _count_lines(min_documents: int, *per_shard: np.ndarray) -> list:
     keys, documents = np.unique(np.concatenate(per_shard), return_counts=True)
     repeated = keys[documents >= min_documents]
     return [np.intersect1d(repeated, shard_keys) for shard_keys in per_shard] + [len(keys)]
 
 
-@ray.remote(**_SPREAD)
 def _remove_lines(stage: RepeatedLines, path: str, out: str, *repeated: np.ndarray) -> int:
     keys = set(np.concatenate(repeated).tolist())
     return _judge_shard(path, out, stage, lambda _, record: stage.remove_lines(record, keys))
@@ -217,13 +278,13 @@ def _repeated_lines(
     tasks: _Tasks, stage: RepeatedLines, shards: list[str], outputs: list[str], parts: int
 ) -> list[ray.ObjectRef]:
     stage_ref, n = ray.put(stage), len(shards)
-    keys = [tasks.submit("line keys", _line_keys, parts, stage_ref, path, parts) for path in shards]
+    keys = [tasks.submit("line keys", _line_keys, parts, stage_ref, path, parts, spread=True) for path in shards]
     counted = [
         tasks.submit("distinct keys", _count_lines, n, stage.config.min_documents, *(k[r] for k in keys))
         for r in range(parts)
     ]
     return [
-        _remove_lines.remote(stage_ref, path, out, *(c[s] for c in counted))
+        tasks.value(_remove_lines, stage_ref, path, out, *(c[s] for c in counted))
         for s, (path, out) in enumerate(zip(shards, outputs))
     ]
 
@@ -231,12 +292,10 @@ def _repeated_lines(
 # duplicates ------------------------------------------------------------------------------------------------------
 
 
-@ray.remote(**_SPREAD)
 def _count(kinds: Sequence[str], path: str) -> int:
     return sum(_read(path, kinds, [])[1])
 
 
-@ray.remote(**_SPREAD)
 def _exact_keys(stage: Dedup, path: str, offset: int, parts: int) -> list:
     records = _observed(path, stage.kinds, ["text"])
     digests = b"".join(bytes.fromhex(exact_key(text.key_words_text(r["text"]))) for r in records)
@@ -245,7 +304,6 @@ def _exact_keys(stage: Dedup, path: str, offset: int, parts: int) -> list:
     return _split(keys[:, 0] % np.uint64(parts), parts, keys, index) + [len(records)]
 
 
-@ray.remote
 def _first_of_key(offsets: np.ndarray, parts: int, *per_shard: tuple[np.ndarray, np.ndarray]) -> list:
     """Per exact key, the least index is the first; the others are exact duplicates: their indices by shard,
     and the edges (first, duplicate) routed for the components."""
@@ -259,7 +317,6 @@ def _first_of_key(offsets: np.ndarray, parts: int, *per_shard: tuple[np.ndarray,
     return by_shard + _route(first, duplicate, parts) + [len(index)]
 
 
-@ray.remote(**_SPREAD)
 def _signatures(stage: Dedup, path: str, offset: int, parts: int, *exact_duplicates: np.ndarray) -> list:
     """This shard's signatures (indices, matrix) of records that are not exact duplicates, and their band keys
     by partition."""
@@ -279,7 +336,6 @@ def _signatures(stage: Dedup, path: str, offset: int, parts: int, *exact_duplica
     return [(index, matrix), *buckets, len(index)]
 
 
-@ray.remote
 def _bucket_pairs(offsets: np.ndarray, *per_shard: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list:
     """Per bucket (band, band key), the pairs (first, member) that ``Dedup.observe`` compares, by shard of first."""
     band, keys, members = (np.concatenate(column) for column in zip(*per_shard))
@@ -290,7 +346,6 @@ def _bucket_pairs(offsets: np.ndarray, *per_shard: tuple[np.ndarray, np.ndarray,
     return [p for (p,) in _split(_shard_of(pairs[:, 0], offsets), len(offsets) - 1, pairs)] + [len(members)]
 
 
-@ray.remote(**_SPREAD)
 def _attach_first(store: tuple[np.ndarray, np.ndarray], offsets: np.ndarray, *pairs: np.ndarray) -> list:
     """The pairs whose first record this shard holds, with its signature, by shard of the other record."""
     pairs = _edges(*pairs)  # a pair that shares several bands is compared once
@@ -299,7 +354,6 @@ def _attach_first(store: tuple[np.ndarray, np.ndarray], offsets: np.ndarray, *pa
     return _split(_shard_of(pairs[:, 1], offsets), len(offsets) - 1, pairs, first) + [len(pairs)]
 
 
-@ray.remote(**_SPREAD)
 def _verify(stage: Dedup, store: tuple[np.ndarray, np.ndarray], parts: int, *attached: tuple) -> list:
     """The pairs whose other record this shard holds, kept when ``Dedup.similar``, routed for the components."""
     index, matrix = store
@@ -309,7 +363,6 @@ def _verify(stage: Dedup, store: tuple[np.ndarray, np.ndarray], parts: int, *att
     return _route(pairs[similar, 0], pairs[similar, 1], parts) + [len(pairs)]
 
 
-@ray.remote
 def _large_star(parts: int, *edge_parts: np.ndarray) -> list:
     """Large-star: every larger neighbour of a node joins the least of its neighbourhood. Also whether the
     graph already is one star per component, around its least node (then nothing here changes)."""
@@ -326,7 +379,6 @@ def _large_star(parts: int, *edge_parts: np.ndarray) -> list:
     return [e for (e,) in _split(hi % parts, parts, np.stack([hi, lo], axis=1))] + [settled, len(edges)]
 
 
-@ray.remote
 def _small_star(parts: int, *edge_parts: np.ndarray) -> list:
     """Small-star: a node and its smaller neighbours all join the least of them. Reads (node, smaller one)."""
     edges = _edges(*edge_parts)
@@ -338,7 +390,6 @@ def _small_star(parts: int, *edge_parts: np.ndarray) -> list:
     return _route(a, b, parts) + [len(edges)]
 
 
-@ray.remote
 def _clusters(offsets: np.ndarray, *edge_parts: np.ndarray) -> list:
     """From the settled stars: (member, root, size) for every clustered record, by shard of the root."""
     edges = _edges(*edge_parts)
@@ -353,7 +404,6 @@ def _clusters(offsets: np.ndarray, *edge_parts: np.ndarray) -> list:
     return _split(_shard_of(root, offsets), len(offsets) - 1, member, root, size) + [len(member)]
 
 
-@ray.remote(**_SPREAD)
 def _name_roots(stage: Dedup, path: str, offset: int, offsets: np.ndarray, *clustered: tuple) -> list:
     """Attach the id of each root this shard holds (the record kept), and send the rows to their members' shards."""
     ids = np.array([r["id"] for r in _observed(path, stage.kinds, ["id"])], dtype=object)
@@ -362,7 +412,6 @@ def _name_roots(stage: Dedup, path: str, offset: int, offsets: np.ndarray, *clus
     return _split(_shard_of(member, offsets), len(offsets) - 1, member, root, root_id, size) + [len(member)]
 
 
-@ray.remote(**_SPREAD)
 def _mark(stage: Dedup, path: str, out: str, offset: int, exact_parts: int, *parts: tuple | np.ndarray) -> int:
     """Fill the columns of this shard's records as ``Dedup.process`` does (exact_parts: how many of `parts`
     hold exact duplicates' indices; the others hold (member, root, root id, size) rows)."""
@@ -382,13 +431,13 @@ def _mark(stage: Dedup, path: str, out: str, offset: int, exact_parts: int, *par
 
 def _dedup(tasks: _Tasks, stage: Dedup, shards: list[str], outputs: list[str], parts: int) -> list[ray.ObjectRef]:
     stage_ref, config, n = ray.put(stage), stage.config, len(shards)
-    counts = ray.get([_count.remote(stage.kinds, path) for path in shards])
+    counts = ray.get([tasks.value(_count, stage.kinds, path) for path in shards])
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     edges: list[list[ray.ObjectRef]] = [[] for _ in range(parts)]  # per partition of the components
     exact: list[list[ray.ObjectRef]] = [[] for _ in range(n)]  # per shard, its exact duplicates' indices
     if config.exact:
         keys = [
-            tasks.submit("records keyed", _exact_keys, parts, stage_ref, path, int(offsets[s]), parts)
+            tasks.submit("records keyed", _exact_keys, parts, stage_ref, path, int(offsets[s]), parts, spread=True)
             for s, path in enumerate(shards)
         ]
         for r in range(parts):
@@ -399,26 +448,30 @@ def _dedup(tasks: _Tasks, stage: Dedup, shards: list[str], outputs: list[str], p
                 edges[p].append(out[n + p])
     if config.near:
         signed = [
-            tasks.submit("signatures", _signatures, 1 + parts, stage_ref, path, int(offsets[s]), parts, *exact[s])
+            tasks.submit(
+                "signatures", _signatures, 1 + parts, stage_ref, path, int(offsets[s]), parts, *exact[s], spread=True
+            )
             for s, path in enumerate(shards)
         ]
         pairs = [
             tasks.submit("bucket entries", _bucket_pairs, n, offsets, *(x[1 + r] for x in signed)) for r in range(parts)
         ]
         attached = [
-            tasks.submit("candidate pairs", _attach_first, n, signed[s][0], offsets, *(p[s] for p in pairs))
+            tasks.submit(
+                "candidate pairs", _attach_first, n, signed[s][0], offsets, *(p[s] for p in pairs), spread=True
+            )
             for s in range(n)
         ]
         for t in range(n):
             verified = tasks.submit(
-                "pairs verified", _verify, parts, stage_ref, signed[t][0], parts, *(a[t] for a in attached)
+                "pairs verified", _verify, parts, stage_ref, signed[t][0], parts, *(a[t] for a in attached), spread=True
             )
             for p in range(parts):
                 edges[p].append(verified[p])
     rounds = 0
     while True:
         large = [tasks.submit("large-star edges", _large_star, parts + 1, parts, *edges[p]) for p in range(parts)]
-        if all(ray.get([x[parts] for x in large])):
+        if all(_read_part(ray.get(x[parts].handle), x[parts].index) for x in large):
             break
         small = [
             tasks.submit("small-star edges", _small_star, parts, parts, *(x[p] for x in large)) for p in range(parts)
@@ -428,11 +481,21 @@ def _dedup(tasks: _Tasks, stage: Dedup, shards: list[str], outputs: list[str], p
     log.info("%s: components settled after %d large-star/small-star rounds", stage.name, rounds)
     clustered = [tasks.submit("settled edges", _clusters, n, offsets, *edges[p]) for p in range(parts)]
     named = [
-        tasks.submit("clustered", _name_roots, n, stage_ref, path, int(offsets[s]), offsets, *(c[s] for c in clustered))
+        tasks.submit(
+            "clustered",
+            _name_roots,
+            n,
+            stage_ref,
+            path,
+            int(offsets[s]),
+            offsets,
+            *(c[s] for c in clustered),
+            spread=True,
+        )
         for s, path in enumerate(shards)
     ]
     return [
-        _mark.remote(stage_ref, path, out, int(offsets[s]), len(exact[s]), *exact[s], *(x[s] for x in named))
+        tasks.value(_mark, stage_ref, path, out, int(offsets[s]), len(exact[s]), *exact[s], *(x[s] for x in named))
         for s, (path, out) in enumerate(zip(shards, outputs))
     ]
 

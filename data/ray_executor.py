@@ -1,10 +1,11 @@
 """The Ray executor: the pipeline's phases as Ray tasks over shards of the input, with the local output.
 
-Shards, planned on the driver from each source's files, in input order: a whole file; a set of row groups of
-a Parquet file; a byte range of a large uncompressed UTF-8 ``jsonl`` or ``txt`` (``unit: line``) file, cut
-just after a line end. A source with ``limit`` is one shard (the limit counts across its files), an OCR
-source gives one shard per folder (a book is a multi-page file or a folder of page files, and is never split),
-and compressed files, ``hf`` datasets and other formats are read whole.
+Shards, planned on the driver from each source's files, in input order: whole files (consecutive small files
+of a source together, up to ``split_mb``); a set of row groups of a Parquet file; a byte range of a large
+uncompressed UTF-8 ``jsonl`` or ``txt`` (``unit: line``) file, cut just after a line end. A source with
+``limit`` is one shard (the limit counts across its files), an OCR source gives one shard per folder (a book is
+a multi-page file or a folder of page files, and is never split), and compressed files, ``hf`` datasets and
+other formats are read whole.
 
 Records keep their local ids (``path#position``, the position as the reader numbers records in the file):
 a byte range is read by the format's reader from a window holding only its bytes, and its positions and line
@@ -19,9 +20,12 @@ name unique to the attempt and renames when complete, so a retried task (a worke
 cluster's CPUs tasks are in flight, so memory stays bounded whatever the corpus size.
 
 Then each corpus stage (``ray_corpus.judge_corpus_stage``) turns the survivor files into files of the same
-rows, judged. Last, tasks tally the kept and corpus-rejected records, and the driver streams the files, in
-input order, as Arrow batches through the local executor's writers: record-phase rejects first, then the
-corpus stages' rejects, and the kept records, so the output files equal the local executor's byte for byte.
+rows, judged. Tasks cut each judged file into its kept and its corpus-rejected records, tallied, returning the
+size of every row as the writers count it. The output streams are the record-phase rejects then the corpus
+rejects (``rejected/``), and the kept records (``data/``), in input order. From the sizes alone, fetched one
+file's worth at a time, the driver lays each stream out into files and row groups exactly as the local
+executor's writers do (``pipeline.RowLayout``); one task per output file then writes it from the rows it holds,
+so the output files equal the local executor's byte for byte and no process handles every record.
 All files between phases live in ``<output_dir>.partial/ray``, which every node must see (a shared filesystem,
 as for the inputs), and are deleted before the output is committed.
 """
@@ -40,6 +44,7 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -79,24 +84,21 @@ class Shard:
 def run(job: pipeline.Job) -> None:
     """The phases of ``pipeline.run`` on the Ray cluster at ``job.config.ray_address``, into `job`'s writers; a
     process already connected to Ray (a notebook, a test) uses its cluster, and stays connected."""
+    from indictune.data.ray_corpus import judge_corpus_stage
+
     started = not ray.is_initialized()
     if started:
-        ray.init(address=job.config.ray_address, include_dashboard=False, logging_level="WARNING")
+        # null is a new instance on this machine, whatever RAY_ADDRESS or a `ray start` here would pick
+        ray.init(address=job.config.ray_address or "local", include_dashboard=False, logging_level="WARNING")
     work = job.partial / "ray"
     try:
         shards = plan(job.config.sources, job.config.split_mb * 2**20)
-        survivors, rejects = _record_phase(job, shards, work / "records")
-        for path in rejects:
-            _stream(path, job.rejected)
+        survivors, record_rejects = _record_phase(job, shards, work / "records")
         for stage in job.corpus_stages:
-            from indictune.data.ray_corpus import judge_corpus_stage
-
             survivors = judge_corpus_stage(stage, survivors, work / stage.name)
-        for part in _map(_tally_final, [(path,) for path in survivors], "tally"):
-            job.tally.merge(part)
-        kept = job.open_kept()
-        for path in survivors:
-            _stream(path, kept, job.rejected)
+        kept, corpus_rejects = _split_phase(job, survivors, work / "final")
+        _write_phase(job.rejected, record_rejects + corpus_rejects, work / "write", "write rejected")
+        _write_phase(job.open_kept(), kept, work / "write", "write data")
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if started:
@@ -116,10 +118,28 @@ def plan(sources: list[Source], split_bytes: int) -> list[Shard]:
         elif source.kind == "ocr":
             shards += [Shard(source, list(group)) for _, group in groupby(files, key=lambda p: p.parent)]
         else:
-            for path in files:
-                shards += _split_file(source, path, split_bytes)
+            pieces = [piece for path in files for piece in _split_file(source, path, split_bytes)]
+            shards += _group_small_files(pieces, split_bytes)
     _number_ranges(shards)
     return shards
+
+
+def _group_small_files(shards: list[Shard], split_bytes: int) -> list[Shard]:
+    """Consecutive whole files of one source read by one task while their bytes stay within `split_bytes`: a
+    corpus of many small files costs a few tasks per `split_mb`, not several per file."""
+    grouped: list[Shard] = []
+    size = 0
+    for shard in shards:
+        whole = not (shard.row_groups or shard.span)
+        here = shard.paths[0].stat().st_size if whole else 0
+        last = grouped[-1] if grouped else None
+        if whole and last is not None and not (last.row_groups or last.span) and size + here <= split_bytes:
+            last.paths.append(shard.paths[0])
+            size += here
+        else:
+            grouped.append(shard)
+            size = here
+    return grouped
 
 
 def _split_file(source: Source, path: Path, split_bytes: int) -> list[Shard]:
@@ -241,19 +261,32 @@ def _stages(ref: ray.ObjectRef) -> list[Stage]:
 
 
 class _TaskFile:
-    """One Parquet file, written under a name unique to this attempt and renamed into place when complete."""
+    """One Parquet file, written under a name unique to this attempt and renamed into place when complete, with
+    the size of every row as the output writers count it beside it (``sizes``)."""
 
     def __init__(self, path: Path, schema: pa.Schema):
         self.path, self.folder = path, path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
         self.writer = pipeline.ShardWriter(self.folder, schema, shard_bytes=sys.maxsize)
+        self.sizes: list[np.ndarray] = []
 
     def write(self, records: list[Record]) -> None:
-        self.writer.write(records)
+        self.write_batch(self.writer.to_batch(records))
+
+    def write_batch(self, batch: pa.RecordBatch) -> None:
+        self.sizes.append(pipeline.row_bytes(batch))
+        self.writer.write_batch(batch)
 
     def close(self) -> None:
         self.writer.close()
-        os.replace(self.folder / "part-00000.parquet", self.path)
+        np.save(self.folder / "sizes.npy", np.concatenate([np.zeros(0, dtype=np.int64), *self.sizes]))
+        os.replace(self.folder / "sizes.npy", sizes(self.path))
+        os.replace(self.writer.path(0), self.path)
         shutil.rmtree(self.folder)
+
+
+def sizes(path: Path) -> Path:
+    """Where the row sizes of a task's Parquet file are: the driver lays the output out from them alone."""
+    return path.with_name(path.name + ".sizes.npy")
 
 
 # A worker killed mid-task (out of memory, a node lost) makes Ray run the task again, up to this many times.
@@ -281,12 +314,12 @@ def _record_task(
     out: Path,
 ) -> reporting.Tally:
     """The shard through the record stages: survivors to ``<out>.kept.parquet``, rejects to ``.rejected.parquet``
-    (`stages` holds the stages' object ref in a list, so that Ray does not deserialize them for every task)."""
+    (`stages` holds the stages' object ref in a list, so that Ray does not deserialize them for every task).
+    Returns its tally."""
     _enter(cwd)
     record_stages = _stages(stages[0])
     tally = reporting.Tally([])
-    survivors = _TaskFile(out.with_name(out.name + ".kept.parquet"), schemas[0])
-    rejects = _TaskFile(out.with_name(out.name + ".rejected.parquet"), schemas[1])
+    survivors, rejects = _task_files(out, schemas)
     for batch in pipeline._batches(_records(shard), batch_size):
         tally.count_input(shard.source.name, len(batch))
         kept, rejected = pipeline.run_stages(record_stages, batch)
@@ -298,29 +331,64 @@ def _record_task(
     return tally
 
 
-@ray.remote(max_retries=RETRIES)
-def _tally_final(path: Path) -> reporting.Tally:
-    """The kept records of a judged file, and the records the corpus stages rejected, counted."""
-    tally = reporting.Tally([])
-    with pq.ParquetFile(path, pre_buffer=False) as parquet:
-        for batch in parquet.iter_batches():
-            kept, rejected = pipeline._split(batch.to_pylist())
-            tally.keep(kept)
-            tally.reject(rejected)
-    return tally
-
-
 def _record_phase(job: pipeline.Job, shards: list[Shard], out: Path) -> tuple[list[Path], list[Path]]:
     """Every shard through the record stages; (survivor files, reject files), in input order."""
     stages = ray.put(job.record_stages)  # built once, decontamination's index included
     schemas = (pa.schema(job.spilled_columns()), job.rejected_schema)
-    names = [out / f"{index:06d}" for index in range(len(shards))]
-    calls = [(shard, [stages], os.getcwd(), job.config.batch_size, schemas, name) for shard, name in zip(shards, names)]
-    for part in _map(_record_task, calls, "record stages"):
+    return _phase(
+        job, _record_task, shards, ([stages], os.getcwd(), job.config.batch_size, schemas), out, "record stages"
+    )
+
+
+def _task_files(out: Path, schemas: tuple[pa.Schema, pa.Schema]) -> tuple[_TaskFile, _TaskFile]:
+    """A task's two outputs, ``<out>.kept.parquet`` and ``<out>.rejected.parquet``, in those schemas."""
+    return _TaskFile(_kept(out), schemas[0]), _TaskFile(_rejected(out), schemas[1])
+
+
+def _kept(out: Path) -> Path:
+    return out.with_name(out.name + ".kept.parquet")
+
+
+def _rejected(out: Path) -> Path:
+    return out.with_name(out.name + ".rejected.parquet")
+
+
+def _phase(
+    job: pipeline.Job, task: Callable, inputs: list, args: tuple, out: Path, desc: str
+) -> tuple[list[Path], list[Path]]:
+    """``task(input, *args, name)`` for every input, each writing its ``_task_files(name)`` and returning its
+    tally, merged here; (kept files, rejected files), in input order."""
+    names = [out / f"{index:06d}" for index in range(len(inputs))]
+    for part in _map(task, [(item, *args, name) for item, name in zip(inputs, names)], desc):
         job.tally.merge(part)
-    return [n.with_name(n.name + ".kept.parquet") for n in names], [
-        n.with_name(n.name + ".rejected.parquet") for n in names
-    ]
+    return [_kept(name) for name in names], [_rejected(name) for name in names]
+
+
+@ray.remote(max_retries=RETRIES)
+def _split_task(path: Path, schemas: tuple[pa.Schema, pa.Schema], out: Path) -> reporting.Tally:
+    """A judged file cut in two, each in its writer's schema: the kept records (``<out>.kept.parquet``) and the
+    ones a corpus stage rejected (``.rejected.parquet``); returns their tally."""
+    tally = reporting.Tally([])
+    kept, rejects = _task_files(out, schemas)
+    with pq.ParquetFile(path, pre_buffer=False) as parquet:
+        for batch in parquet.iter_batches():
+            marked = pc.is_valid(batch["reason"])
+            for target, rows in ((rejects, batch.filter(marked)), (kept, batch.filter(pc.invert(marked)))):
+                schema = target.writer.schema
+                if rows.num_rows:
+                    for part in pa.Table.from_batches([rows]).select(schema.names).cast(schema).to_batches():
+                        target.write_batch(part)
+            kept_records, rejected_records = pipeline._split(batch.to_pylist())
+            tally.keep(kept_records)
+            tally.reject(rejected_records)
+    kept.close()
+    rejects.close()
+    return tally
+
+
+def _split_phase(job: pipeline.Job, judged: list[Path], out: Path) -> tuple[list[Path], list[Path]]:
+    """The judged files cut into kept and rejected files, tallied; (kept files, reject files), in input order."""
+    return _phase(job, _split_task, judged, ((job.kept_schema, job.rejected_schema),), out, "split")
 
 
 # Reading ---------------------------------------------------------------------------------------------------------
@@ -381,21 +449,79 @@ def _window(shard: Shard) -> Iterator[Path]:
 
 # Writing ---------------------------------------------------------------------------------------------------------
 
-
-def _stream(path: Path, writer: pipeline.ShardWriter, rejected: pipeline.ShardWriter | None = None) -> None:
-    """The file's records, in order, into `writer`; with `rejected`, the records that have a reason go there."""
-    with pq.ParquetFile(path, pre_buffer=False) as parquet:
-        for batch in parquet.iter_batches():
-            table = pa.Table.from_batches([batch])
-            if rejected is None:
-                _write(writer, table)
-                continue
-            marked = pc.is_valid(table["reason"])
-            _write(rejected, table.filter(marked))
-            _write(writer, table.filter(pc.invert(marked)))
+# Rows [start, stop) of one file of a stream; a row group of the output is a list of them, an output file a list of
+# row groups.
+Piece = tuple[str, int, int]
 
 
-def _write(writer: pipeline.ShardWriter, table: pa.Table) -> None:
-    if table.num_rows:
-        for batch in table.select(writer.schema.names).cast(writer.schema).combine_chunks().to_batches():
-            writer.write_batch(batch)
+def _write_phase(writer: pipeline.ShardWriter, streams: list[Path], work: Path, desc: str) -> None:
+    """The rows of the stream files, in order, into `writer`'s folder as it would write them: the driver lays the
+    output out from the rows' sizes alone (``RowLayout``, reading one file's sizes at a time), then one task per
+    output file writes it, reading only its rows."""
+    files = _lay_out(pipeline.RowLayout(writer.layout.shard_bytes, writer.layout.shard_records), streams)
+    work.mkdir(parents=True, exist_ok=True)
+    calls = [(groups, writer.schema, writer.path(index), work) for index, groups in enumerate(files)]
+    _map(_write_task, calls, desc)
+    writer.written_elsewhere(len(files))
+
+
+def _lay_out(layout: pipeline.RowLayout, streams: list[Path]) -> list[list[list[Piece]]]:
+    files: list[list[list[Piece]]] = []
+    groups: list[list[Piece]] = []
+    group: list[Piece] = []
+    for path in streams:
+        rows = np.load(sizes(path))
+        start = 0
+        for end, ends_file in layout.place(rows):
+            groups.append([*group, (str(path), start, end)])
+            group, start = [], end
+            if ends_file:
+                files.append(groups)
+                groups = []
+        if start < len(rows):
+            group.append((str(path), start, len(rows)))
+    if group:
+        layout.finish()
+        groups.append(group)
+    if groups:
+        files.append(groups)
+    return files
+
+
+@ray.remote(max_retries=RETRIES)
+def _write_task(groups: list[list[Piece]], schema: pa.Schema, target: Path, work: Path) -> None:
+    """One output file, row group by row group, under a name unique to this attempt, then renamed into place."""
+    rows = _StreamRows()
+    partial = work / f"{target.name}.{uuid.uuid4().hex}.tmp"
+    with pq.ParquetWriter(partial, schema) as parquet:
+        for group in groups:
+            table = pipeline.row_group([rows.take(*piece) for piece in group], schema)
+            parquet.write_table(table, row_group_size=table.num_rows)
+    os.replace(partial, target)
+
+
+class _StreamRows:
+    """Rows of Parquet files read a row group at a time; the last row group read is kept, so rows asked for in
+    order read every row group once."""
+
+    def __init__(self) -> None:
+        self.path: str | None = None
+        self.starts = np.zeros(0, dtype=np.int64)
+        self.group, self.table = -1, pa.table({})
+
+    def take(self, path: str, start: int, stop: int) -> pa.Table:
+        if path != self.path:
+            metadata = pq.read_metadata(path)
+            counts = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
+            self.path, self.starts, self.group = path, np.cumsum([0, *counts]), -1
+        pieces = []
+        while start < stop:
+            group = int(np.searchsorted(self.starts, start, side="right")) - 1
+            if group != self.group:
+                with pq.ParquetFile(path, pre_buffer=False) as parquet:
+                    self.group, self.table = group, parquet.read_row_group(group)
+            first = int(self.starts[group])
+            length = min(stop, first + self.table.num_rows) - start
+            pieces.append(self.table.slice(start - first, length))
+            start += length
+        return pa.concat_tables(pieces)

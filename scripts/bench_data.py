@@ -159,11 +159,7 @@ def datatrove_signatures(records: list[dict], tmp: Path) -> float:
 
 
 def shingle_set(content: str) -> set[int]:
-    return set(
-        text_units.ngram_hashes(
-            text_units.word_hashes(text_units.words(text_units.comparison_key(content))), 5
-        ).tolist()
-    )
+    return set(text_units.ngram_hashes(text_units.text_word_hashes(text_units.comparison_key(content)), 5).tolist())
 
 
 def distinct_records(records: list[dict]) -> list[dict]:

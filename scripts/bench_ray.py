@@ -1,7 +1,7 @@
 """The data recipe on Ray against the local executor, datatrove and rensa, in one run on one machine.
 
     pip install -e '.[ray,bench]'   # Ray; datatrove (its JsonlReader needs orjson) and rensa
-    python scripts/bench_ray.py [--shared ../shared/data] [--files 16] [--planted 300] [--repeats 2]
+    python scripts/bench_ray.py [--shared ../shared/data] [--files 16] [--planted 300] [--repeats 3]
                                 [--documents N] [--network_gbit 25] [--json runs/bench_ray.json]
 
 Input, generated from ../shared/data: the Marathi and Bengali Wikipedia articles of 50+ words (our MediaWiki
@@ -35,11 +35,11 @@ Measured, in this order and in this one run:
    comparison key, 5-word shingles, 112 permutations), rensa's ``RMinHash`` (112 permutations) on the same
    5-word shingles made in Python, and datatrove's ``MinhashDedupSignature`` (its own shingles).
 5. A projection for 1 TB of text on 8 and on 32 nodes of 64 cores: compute from the Ray per-core rate (the
-   2-worker run less the driver's final stream), the
-   shuffle from the bytes per document each corpus stage sends between tasks (counted from the items every
-   task received in this run, times their sizes in ``data/ray_corpus.py``) over ``--network_gbit`` per node,
-   and the serial part: the driver streaming every output record to the writers (its rate measured here by
-   streaming this run's output again). Then the largest in-memory structures per node.
+   2-worker run, output files written by its tasks included), the shuffle from the bytes per document each
+   corpus stage sends between tasks (counted from the items every task received in this run, times their sizes
+   in ``data/ray_corpus.py``) over ``--network_gbit`` per node, and the serial part: the driver laying the
+   output out from every record's size (its rate measured here on this run's output). Then the largest
+   in-memory structures per node.
 
 Goals: Ray with 2 workers at least 1.6x Ray with 1; Ray per core at least 0.8x local per core (same number of
 workers, 1 and 2); the dedup peak at 2N at most 1.2x the one at N; precision and recall at least 0.95 on Ray;
@@ -65,6 +65,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -146,7 +147,7 @@ def load_documents(shared: Path, limit: int | None) -> tuple[list[dict], dict[st
 
 
 def shingle_set(content: str) -> set[int]:
-    words = text_units.word_hashes(text_units.words(text_units.key_words_text(content)))
+    words = text_units.text_word_hashes(text_units.key_words_text(content))
     return set(text_units.ngram_hashes(words, 5).tolist())
 
 
@@ -298,6 +299,7 @@ def write_recipe(folder: Path, corpus: Path, held_out: dict[str, list[str]]) -> 
     config = {
         "sources": [{"path": str(corpus / "*.jsonl"), "format": "jsonl", "lang_field": "lang", "name": "bench"}],
         "stages": {"decontaminate": {"paths": [str(evaluation / "*.txt")]}},
+        "split_mb": 2,  # one file per Ray task: at the default 64 MB this whole corpus would be one task
     }
     path = folder / "bench-ray.yaml"
     path.write_text(json.dumps(config))  # JSON is YAML
@@ -343,33 +345,26 @@ def throughput(recipe_path: Path, scratch: Path, size: float, counts: CountLog, 
     return results
 
 
-def driver_stream_rate(output_dir: Path, scratch: Path) -> tuple[float, float]:
-    """MB/s of text the driver streams from task files through the writers (what ray_executor does last): this
-    run's output, written back as task files (every column, ``reason`` set on the rejected), streamed again."""
+def driver_layout_rate(output_dir: Path, scratch: Path, records: int = 2_000_000) -> float:
+    """Records per second the driver lays out: its only serial work on the output (``ray_executor._lay_out``:
+    reading each task file's row sizes and placing them with ``RowLayout``). The sizes of this run's output
+    rows, repeated to `records` rows and cut into one file per 64 MB of input (the default ``split_mb``), as a
+    large run leaves them."""
     from indictune.data import ray_executor
 
+    paths = sorted([*output_dir.glob("rejected/*.parquet"), *output_dir.glob("data/*.parquet")])
+    sizes = np.resize(np.concatenate([pipeline.row_bytes(pq.read_table(path)) for path in paths]), records)
+    per_file = max(1, int(64 * 2**20 / sizes.mean()))
     scratch.mkdir(parents=True)
-    rejected_schema = pq.read_schema(sorted(output_dir.glob("rejected/*.parquet"))[0])
-    kept_schema = pq.read_schema(sorted(output_dir.glob("data/*.parquet"))[0])
-    staged, size = [], 0
-    for n, path in enumerate(sorted([*output_dir.glob("rejected/*.parquet"), *output_dir.glob("data/*.parquet")])):
-        table = pq.read_table(path)
-        for name in rejected_schema.names:
-            if name not in table.column_names:
-                table = table.append_column(rejected_schema.field(name), pa.nulls(table.num_rows, pa.string()))
-        size += pc.sum(pc.binary_length(table["text"])).as_py() or 0
-        staged.append(scratch / f"task-{n:03d}.parquet")
-        pq.write_table(table.select(rejected_schema.names), staged[-1])
-    kept = pipeline.ShardWriter(scratch / "data", kept_schema, 256 * 2**20)
-    rejected = pipeline.ShardWriter(scratch / "rejected", rejected_schema, 256 * 2**20)
+    streams = []
+    for start in range(0, records, per_file):
+        streams.append(scratch / f"{start:012d}.parquet")
+        np.save(ray_executor.sizes(streams[-1]), sizes[start : start + per_file])
     start = time.perf_counter()
-    for path in staged:
-        ray_executor._stream(path, kept, rejected)
-    kept.close()
-    rejected.close()
+    ray_executor._lay_out(pipeline.RowLayout(256 * 2**20), streams)
     seconds = time.perf_counter() - start
     shutil.rmtree(scratch)
-    return size / 1e6 / seconds, seconds
+    return records / seconds
 
 
 # 2. dedup memory on Ray ---------------------------------------------------------------------------------------
@@ -585,7 +580,7 @@ def projection(
     per_core_mb_s: float,
     bytes_per_document: float,
     shuffle_bytes_per_document: float,
-    driver_mb_s: float,
+    layout_records_per_s: float,
     network_gbit: float,
     split_mb: int,
     rows_factor: float,
@@ -600,9 +595,12 @@ def projection(
     lines.append(
         f"shuffle volume = {documents:,.3g} x {shuffle_bytes_per_document:,.0f} B = {shuffle_total / 1e12:,.2f} TB"
     )
-    driver_s = terabyte / (driver_mb_s * 1e6)
-    lines.append(f"driver streaming (serial) = 1e6 MB / {driver_mb_s:.1f} MB/s = {driver_s:,.0f} s")
     bandwidth = network_gbit * 1e9 / 8
+    driver_s = documents / layout_records_per_s
+    lines.append(
+        f"driver's layout (serial) = {documents:,.3g} records / {layout_records_per_s:,.0f} records/s = "
+        f"{driver_s:,.0f} s"
+    )
     results = {}
     for nodes in NODES:
         cores = nodes * NODE_CORES
@@ -614,30 +612,24 @@ def projection(
             "shuffle_s": network_s,
             "driver_s": driver_s,
             "total_h": total / 3600,
-            "total_without_driver_h": (compute_s + network_s) / 3600,
         }
         lines.append(
             f"{nodes} nodes: compute 1e6 MB / ({per_core_mb_s:.2f} MB/s x {cores} cores) = {compute_s:,.0f} s; "
             f"shuffle {shuffle_total / 1e12:.2f} TB x {nodes - 1}/{nodes} / ({nodes} x {bandwidth / 1e9:.2f} GB/s)"
-            f" = {network_s:,.0f} s; + driver {driver_s:,.0f} s = {total / 3600:.2f} h "
-            f"({(compute_s + network_s) / 3600:.2f} h without the driver's serial stream)"
+            f" = {network_s:,.0f} s; + driver {driver_s:,.0f} s = {total / 3600:.2f} h"
         )
     memory = {}
     for nodes in NODES:
         store = documents * (8 + 4 * num_perm) / nodes
         buckets = documents * bands * 24 / nodes
         shard_rows = NODE_CORES * split_mb * 2**20 * rows_factor
-        memory[nodes] = {
-            "signature_store_gb": store / 1e9,
-            "bucket_entries_gb": buckets / 1e9,
-            "shard_rows_gb": shard_rows / 1e9,
-        }
+        memory[nodes] = {"bucket_entries_gb": buckets / 1e9, "shard_rows_gb": shard_rows / 1e9}
         lines.append(
-            f"{nodes} nodes, per node: signature stores {documents:,.3g} x {8 + 4 * num_perm} B / {nodes} = "
-            f"{store / 1e9:,.1f} GB (object store, held until dedup ends); bucket entries {documents:,.3g} x "
-            f"{bands} x 24 B / {nodes} = {buckets / 1e9:,.1f} GB (reducer inputs, 64 at a time); shard rows "
-            f"{NODE_CORES} tasks x {split_mb} MB x {rows_factor:.1f} = {shard_rows / 1e9:,.1f} GB (each per-shard "
-            f"corpus task reads its shard's rows into Python)"
+            f"{nodes} nodes, per node: bucket entries {documents:,.3g} x {bands} x 24 B / {nodes} = "
+            f"{buckets / 1e9:,.1f} GB (reducer inputs, 64 at a time); shard rows {NODE_CORES} tasks x {split_mb} MB x "
+            f"{rows_factor:.1f} = {shard_rows / 1e9:,.1f} GB (each per-shard corpus task reads its shard's rows into "
+            f"Python); on disk, not in memory: the signature exchange files, {documents:,.3g} x {8 + 4 * num_perm} B "
+            f"/ {nodes} = {store / 1e9:,.1f} GB, until dedup ends"
         )
         largest = max(memory[nodes], key=memory[nodes].get)
         lines.append(
@@ -647,8 +639,9 @@ def projection(
     for nodes in NODES:
         partitions = nodes * NODE_CORES
         lines.append(
-            f"{nodes} nodes: objects per shuffle step = {shards:,.0f} shards of {split_mb} MB x {partitions} "
-            f"partitions = {shards * partitions:,.3g}"
+            f"{nodes} nodes: Ray objects per shuffle step = {shards:,.0f} shards of {split_mb} MB + {partitions} "
+            f"partitions = {shards + partitions:,.0f} handles (the parts themselves are files); reads of parts = "
+            f"{shards:,.0f} x {partitions} = {shards * partitions:,.3g}"
         )
     return {"wall": results, "memory_per_node": memory}, lines
 
@@ -662,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, default=16, help="JSONL files of the 2N corpus (an even number)")
     parser.add_argument("--planted", type=int, default=300, help="near-duplicate copies to plant")
     parser.add_argument("--documents", type=int, default=None, help="use at most this many source documents")
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each whole-recipe configuration (fastest kept)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each whole-recipe configuration (fastest kept)")
     parser.add_argument("--network_gbit", type=float, default=25.0, help="per-node network for the projection")
     parser.add_argument("--scratch", default=None, help="directory for the corpus and outputs (default: temporary)")
     parser.add_argument("--json", default=None, help="also write the figures here")
@@ -702,7 +695,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         precision, recall, judged = score_output(ours_flagged(scratch / "runs" / "ray-2"), planted["pairs"])
         local_precision, local_recall, _ = score_output(ours_flagged(scratch / "runs" / "local-1"), planted["pairs"])
-        driver_mb_s, stream_seconds = driver_stream_rate(scratch / "runs" / "ray-2", scratch / "stream")
+        layout_rate = driver_layout_rate(scratch / "runs" / "ray-2", scratch / "layout")
 
         print("dedup alone on Ray, N and 2N documents ...", file=sys.stderr)
         shards = write_spill_shards(layout, scratch / "spill")
@@ -736,13 +729,12 @@ def main(argv: list[str] | None = None) -> int:
     shuffle_bytes = {
         stage: sum(entry["bytes"].values()) / dedup_documents for stage, entry in shuffles.items() if entry["bytes"]
     }
-    # The driver's stream is counted apart (serial): the per-core rate is without it.
-    per_core = size / (runs["ray-2"]["seconds"] - stream_seconds) / 2
+    per_core = size / runs["ray-2"]["seconds"] / 2
     projected, arithmetic = projection(
         per_core,
         size * 1e6 / count,
         sum(shuffle_bytes.values()),
-        driver_mb_s,
+        layout_rate,
         args.network_gbit,
         pipeline.PrepareConfig.__dataclass_fields__["split_mb"].default,
         rows_factor,
@@ -790,8 +782,8 @@ def main(argv: list[str] | None = None) -> int:
             stage: {**entry, "bytes_per_document": round(shuffle_bytes.get(stage, 0), 1)}
             for stage, entry in shuffles.items()
         },
-        "driver_stream_mb_s": round(driver_mb_s, 2),
-        "ray_per_core_mb_s_without_stream": round(per_core, 3),
+        "driver_layout_records_per_s": round(layout_rate),
+        "ray_per_core_mb_s": round(per_core, 3),
         "python_rows_factor": round(rows_factor, 2),
         "projection": projected,
         "projection_arithmetic": arithmetic,
@@ -843,7 +835,7 @@ def main(argv: list[str] | None = None) -> int:
     for stage, entry in shuffles.items():
         print(f"shuffle, {stage}: {shuffle_bytes.get(stage, 0):,.0f} B per document; items {entry['items']}")
     print(
-        f"driver streaming: {driver_mb_s:.1f} MB/s ({stream_seconds:.1f} s of the Ray run); Ray per core without it: "
+        f"driver's layout of the output: {layout_rate:,.0f} records/s; Ray per core: "
         f"{per_core:.2f} MB/s; Python rows of a shard: {rows_factor:.1f} B per text byte"
     )
     for line in arithmetic:

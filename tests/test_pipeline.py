@@ -223,7 +223,7 @@ def test_writers_spill_by_bytes_the_same_way_for_any_batching(tmp_path, monkeypa
     assert len(shards) > 3
     for i, shard in enumerate(shards):
         parquet = pq.ParquetFile(shard)
-        groups = [pipeline._row_bytes(parquet.read_row_group(g).to_batches()[0]) for g in range(parquet.num_row_groups)]
+        groups = [pipeline.row_bytes(parquet.read_row_group(g).to_batches()[0]) for g in range(parquet.num_row_groups)]
         if i < len(shards) - 1:
             file_bytes = sum(int(g.sum()) for g in groups)
             assert file_bytes >= 10_000 > file_bytes - int(groups[-1][-1])

@@ -72,6 +72,11 @@ def test_multilingual_mix_equals_local(cluster, tmp_path, shared_data, monkeypat
     assert outputs(distributed) == outputs(local)
 
 
+def spell(number: int) -> str:
+    """A number in letters: digits would fold to 0 in the comparison keys, making every line alike."""
+    return "".join("कखगघचछजझटठ"[int(d)] for d in str(number))
+
+
 def write_inputs(folder: Path) -> list[Source]:
     """A JSONL file of 3 MB with blank, broken and non-UTF-8 lines, a text file of lines, a Parquet file of
     five row groups: each read as several shards at split_mb 1."""
@@ -85,36 +90,60 @@ def write_inputs(folder: Path) -> list[Source]:
         elif i % 1499 == 11:
             lines.append(b'{"text": "\xff\xfe"}')
         else:
-            words = " ".join(f"शब्द{i}x{j}" for j in range(i % 40 + 8))
+            words = " ".join(f"शब्द{spell(i)}ओ{spell(j)}" for j in range(i % 40 + 8))
             lines.append(json.dumps({"text": words, "n": i}, ensure_ascii=False).encode())
     (folder / "big.jsonl").write_bytes(b"\n".join(lines) + b"\n")
-    (folder / "big.txt").write_bytes(b"\n".join(line for line in lines if not line.startswith(b"{not")) + b"\n")
-    table = pa.table({"text": [f"पंक्ति {i} " * (i % 30 + 5) for i in range(5000)], "n": list(range(5000))})
+    # Digits fold to 0: most of these lines are alike, and repeated_lines rejects them
+    numbered = [" ".join(f"शब्द{i}x{j}" for j in range(i % 40 + 8)).encode() if i % 5 else b"  " for i in range(6000)]
+    (folder / "big.txt").write_bytes(b"\n".join(numbered) + b"\n")
+    table = pa.table({"text": [f"पंक्ति {spell(i)} " * (i % 30 + 5) for i in range(5000)], "n": list(range(5000))})
     pq.write_table(table, folder / "big.parquet", row_group_size=1000)
+    (folder / "small").mkdir()
+    for f in range(12):
+        rows = [{"text": " ".join(f"फ़ाइल{spell(f)}ओ{spell(i)}ओ{spell(j)}" for j in range(20))} for i in range(300)]
+        (folder / "small" / f"{f:02d}.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows))
     return [
         Source(path=str(folder / "big.jsonl"), format="jsonl", lang="hi"),
         Source(path=str(folder / "big.txt"), format="txt", unit="line", lang="hi"),
         Source(path=str(folder / "big.parquet"), format="parquet", lang="hi"),
+        Source(path=str(folder / "small" / "*.jsonl"), format="jsonl", lang="hi"),
     ]
 
 
-def test_large_files_split_into_ranges_keep_ids_and_rows(cluster, tmp_path):
+def test_large_files_split_small_files_grouped_and_the_output_written_by_the_tasks(cluster, tmp_path, monkeypatch):
+    """Big files are read as ranges and row groups, small ones several to a task; the output, several files of
+    several row groups each, is written by the tasks (the driver writes no row) and equals the local one."""
     sources = write_inputs(tmp_path / "in")
     shards = ray_executor.plan(sources, split_bytes=2**20)
-    per_file = {str(p): sum(s.paths == [p] for s in shards) for p in (Path(s.path) for s in sources)}
+    per_file = {str(p): sum(s.paths == [p] for s in shards) for p in (Path(s.path) for s in sources[:3])}
     assert all(n >= 2 for n in per_file.values()), per_file
+    small = [s.paths for s in shards if s.source is sources[3]]
+    assert 2 <= len(small) < 12 and sum(small, []) == sources[3].files()
 
     stages = pipeline.StagesConfig()
     for name in ("identify", "quality", "dedup"):  # short work per record; repeated_lines keeps a corpus stage
         getattr(stages, name).enabled = False
+    monkeypatch.setattr(pipeline, "ROW_GROUP_BYTES", 2**18)  # the driver lays out the row groups
     runs = {}
     for executor in ("local", "ray"):
         config = pipeline.PrepareConfig(
-            sources=sources, output_dir=str(tmp_path / executor), executor=executor, split_mb=1, stages=stages
+            sources=sources,
+            output_dir=str(tmp_path / executor),
+            executor=executor,
+            split_mb=1,
+            shard_mb=2,
+            shard_records=4000,
+            stages=stages,
         )
+        if executor == "ray":
+            monkeypatch.setattr(pq, "ParquetWriter", None)  # this process, the driver, can no longer write rows
         report = pipeline.run(config)
         runs[executor] = outputs(tmp_path / executor)
     assert runs["ray"] == runs["local"]
+    assert sum(name.startswith("data/") for name in runs["ray"]) >= 3
+    assert sum(name.startswith("rejected/") for name in runs["ray"]) >= 2
+    with pq.ParquetFile(tmp_path / "ray" / "data" / "part-00000.parquet") as first:
+        assert first.num_row_groups >= 2
     rows = pq.read_table(tmp_path / "ray" / "data").num_rows + pq.read_table(tmp_path / "ray" / "rejected").num_rows
     assert rows == report["totals"]["input"] > 16_000
 
@@ -169,3 +198,14 @@ def test_a_killed_driver_leaves_the_last_result_and_the_rerun_gives_the_same_byt
 
     prepare(REPO / "recipes/data/sample.yaml", out, "--executor", "ray")
     assert outputs(out) == outputs(prepared_sample[0]) and not (tmp_path / "o.partial").exists()
+
+
+def test_ray_address_null_starts_ray_on_this_machine(tmp_path, prepared_sample):
+    """Not the cluster RAY_ADDRESS names (here nothing listens there): a Ray instance of its own."""
+    out = tmp_path / "o"
+    command = [sys.executable, "scripts/prepare_data.py", "--config", "recipes/data/sample.yaml"]
+    command += ["--output_dir", str(out), "--executor", "ray"]
+    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:9"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert outputs(out) == outputs(prepared_sample[0])

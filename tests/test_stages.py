@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from indictune.core import languages, recipe
-from indictune.core.text import comparison_key, words
+from indictune.core.text import comparison_key, text_word_hashes, word_hashes, words
 from indictune.data import pipeline, stages
 from indictune.data.readers import Source
 from indictune.data.stages.asr import Asr, AsrConfig, collapse_loops
@@ -404,6 +404,29 @@ def test_pii_leaves_numbers_that_are_no_identifiers():
 
 def test_words_keep_vowel_signs():
     assert words("किसान खेतों में, தமிழ்நாடு!") == ["किसान", "खेतों", "में", "தமிழ்நாடு"]
+
+
+def _assert_hashes_follow_words(content):
+    found = words(content)
+    whole = text_word_hashes(content)
+    assert len(whole) == len(found), (content, found)
+    assert whole.tolist() == [h for w in found for h in text_word_hashes(w).tolist()], content
+    assert whole.tolist() == word_hashes(found).tolist()
+
+
+def test_word_hashes_of_a_text_split_it_as_words_does(shared_data):
+    """The vectorized hashing finds exactly the words of ``words``: on FLORES in every shared language, and on
+    random strings of letters, marks, joiners, digits, underscores, zero-width characters and spaces."""
+    for path in sorted((shared_data / "flores200" / "dev").glob("*.dev")):
+        for line in path.read_text(encoding="utf-8").splitlines()[:50]:
+            _assert_hashes_follow_words(line)
+            _assert_hashes_follow_words(comparison_key(line))
+    rng = random.Random(0)
+    alphabet = "a'’-- \u0915\u094d\u093e\u200c\u200d_1२¹½‿x\u0300\n\t.ß𝔘"
+    for _ in range(5000):
+        _assert_hashes_follow_words("".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))))
+    assert text_word_hashes("").tolist() == [] and text_word_hashes("-- ' ").tolist() == []
+    assert len(set(text_word_hashes("कुल कल प्रेम परम ab ba a-b").tolist())) == 7  # marks and order count
 
 
 def test_quality_measures_and_reasons():

@@ -101,7 +101,7 @@ class Decontaminate(Stage):
         self.set_names = list(eval_segments(config).items())
         for index, (_, segments) in enumerate(self.set_names):
             for segment in segments:
-                hashes = text.word_hashes(text.words(text.key_words_text(segment)))
+                hashes = text.text_word_hashes(text.key_words_text(segment))
                 if len(hashes) < config.min_words:
                     continue
                 size = min(config.ngram, len(hashes))
@@ -114,7 +114,7 @@ class Decontaminate(Stage):
     def process(self, record: Record) -> str | None:
         if not self.tables:
             return None
-        hashes = text.word_hashes(text.words(text.key_words_text(record["text"])))
+        hashes = text.text_word_hashes(text.key_words_text(record["text"]))
         for size, (sorted_grams, owner) in self.tables.items():
             if len(hashes) < size:
                 continue

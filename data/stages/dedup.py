@@ -147,7 +147,7 @@ class Dedup(CorpusStage):
         """MinHash signature: per permutation, the least of (a*x + b) mod 2^64, top 32 bits, over the shingles.
         `folded` is ``text.key_words_text(content)`` when the caller has it already."""
         folded = text.key_words_text(content) if folded is None else folded
-        shingles = text.ngram_hashes(text.word_hashes(text.words(folded)), self.config.ngram)
+        shingles = text.ngram_hashes(text.text_word_hashes(folded), self.config.ngram)
         least = np.full(self.config.num_perm, np.iinfo(np.uint64).max, dtype=np.uint64)
         with np.errstate(over="ignore"):
             for start in range(0, len(shingles), 4096):  # bounded memory for book-length texts
