@@ -1,11 +1,16 @@
-"""scripts/launch.slurm under a stand-in Slurm: packs the data once, then starts one `accelerate launch`
-per node with the machine count, the node's rank and the main node's address from Slurm."""
+"""The Slurm launchers under a stand-in Slurm. scripts/launch.slurm packs the data once, then starts one
+`accelerate launch` per node with the machine count, the node's rank and the main node's address from Slurm;
+scripts/launch_ray.slurm starts a Ray head and workers and prepares a data recipe on them."""
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -64,3 +69,42 @@ def test_launch_slurm_packs_once_and_starts_each_node_with_its_rank(
         "recipes/train/demo/cpt-lora.yaml",
     ]
     assert args[-3:-1] == ["--learning_rate", "1e-4"]
+
+
+def test_launch_ray_slurm_starts_a_head_and_a_worker_and_prepares_on_both(tmp_path, prepared_sample):
+    """scripts/launch_ray.slurm on two stand-in nodes of this machine: a real Ray head and a real worker node
+    (ray start), then the recipe on the cluster they form, with the local executor's output."""
+    pytest.importorskip("ray")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    executable(bin_dir / "scontrol", 'printf "data-node-a\\ndata-node-b\\n"\n')
+    # srun runs the step on this machine: drop its options, keep the command
+    executable(bin_dir / "srun", 'while [[ "$1" == -* ]]; do [[ "$1" == -w ]] && shift; shift; done; exec "$@"\n')
+    executable(bin_dir / "hostname", "echo 127.0.0.1\n")
+    executable(bin_dir / "python", f'exec {sys.executable} "$@"\n')
+    executable(bin_dir / "ray", f'exec {Path(sys.executable).parent / "ray"} "$@"\n')
+    out = tmp_path / "o"
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SLURM_NNODES": "2",
+        "SLURM_JOB_NODELIST": "data-node-[a-b]",
+        "SLURM_JOB_ID": "4242",
+        "CPUS_PER_NODE": "1",
+        "RAY_PORT": "26379",
+        "RAY_TMPDIR": tempfile.mkdtemp(prefix="r", dir="/tmp"),  # Ray's socket paths must stay under 108 bytes
+        "RAY_AUTH_TOKEN_PATH": str(tmp_path / "ray.token"),
+    }
+    for name in ("RAY_ADDRESS", "RAY_AUTH_MODE"):
+        env.pop(name, None)
+    command = ["bash", "scripts/launch_ray.slurm", "recipes/data/sample.yaml", "--output_dir", str(out)]
+    try:
+        result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "on 2 nodes x 1 CPUs" in result.stdout
+    assert not (tmp_path / "ray.token").exists()  # the job's token goes with the job
+    for name in ("data", "rejected"):
+        made = {p.name: p.read_bytes() for p in sorted((out / name).glob("*.parquet"))}
+        assert made == {p.name: p.read_bytes() for p in sorted((prepared_sample[0] / name).glob("*.parquet"))}
