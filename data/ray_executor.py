@@ -373,14 +373,16 @@ def _split_task(path: Path, schemas: tuple[pa.Schema, pa.Schema], out: Path) -> 
     with pq.ParquetFile(path, pre_buffer=False) as parquet:
         for batch in parquet.iter_batches():
             marked = pc.is_valid(batch["reason"])
-            for target, rows in ((rejects, batch.filter(marked)), (kept, batch.filter(pc.invert(marked)))):
-                schema = target.writer.schema
+            for target, rows, count in (
+                (rejects, batch.filter(marked), tally.reject),
+                (kept, batch.filter(pc.invert(marked)), tally.keep),
+            ):
                 if rows.num_rows:
-                    for part in pa.Table.from_batches([rows]).select(schema.names).cast(schema).to_batches():
+                    schema = target.writer.schema
+                    table = pa.Table.from_batches([rows]).select(schema.names).cast(schema)
+                    for part in table.to_batches():
                         target.write_batch(part)
-            kept_records, rejected_records = pipeline._split(batch.to_pylist())
-            tally.keep(kept_records)
-            tally.reject(rejected_records)
+                    count(table.to_pylist())  # the rows as written, counted by the same split
     kept.close()
     rejects.close()
     return tally

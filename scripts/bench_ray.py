@@ -71,7 +71,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 # scripts/ is on the path when a script runs: the corpus and the signature timers are bench_data's.
-from bench_data import datatrove_signatures, distinct_records, load_articles, ours_signatures
+from bench_data import datatrove_signatures, distinct_records, load_articles, ours_signatures, shingle_set
 
 from indictune.core import recipe
 from indictune.core import text as text_units
@@ -144,11 +144,6 @@ def load_documents(shared: Path, limit: int | None) -> tuple[list[dict], dict[st
     if limit:
         documents = random.Random(1).sample(documents, min(limit, len(documents)))
     return documents, held_out
-
-
-def shingle_set(content: str) -> set[int]:
-    words = text_units.text_word_hashes(text_units.key_words_text(content))
-    return set(text_units.ngram_hashes(words, 5).tolist())
 
 
 def build_corpus(documents: list[dict], planted: int, files: int, seed: int = 0) -> tuple[list[list[dict]], dict]:
