@@ -3,7 +3,7 @@
 Every script takes ``--config FILE`` plus overrides. A key the dataclass does not have is an error
 that names the key, where it came from (the file, or the command line) and the closest valid key.
 YAML is read with ``yaml.safe_load``; override values are parsed as YAML too, so ``--quality.min_words 5``
-gives an int and ``--languages "[hi, bn]"`` a list.
+gives an int and ``--languages "[hi, bn]"`` a list; a list of strings may also be given as ``hi,bn``.
 
 Training recipes go through TRL's ``TrlParser`` instead (see ``training/config.py``), which reports
 unknown keys through :func:`unknown_key_error` so both kinds of recipe fail the same way.
@@ -158,6 +158,8 @@ def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
             raise RecipeError(f"{where}: '{key}' must be one of {', '.join(map(repr, args))}, got {value!r}")
         return value
     if origin in (list, tuple):
+        if isinstance(value, str) and args and args[0] is str and "," in value:
+            value = [part.strip() for part in value.split(",")]  # --formats hf,gguf
         if not isinstance(value, list):
             value = [value]
         return [_coerce(args[0] if args else Any, v, where, f"{key}.{i}") for i, v in enumerate(value)]

@@ -11,6 +11,9 @@ trained on the same text with the same number of pieces, and the base extended w
 Goals (issue 4): Llama-3 extended, average over the ten languages at most 3.0 tokens per word; English
 up at most 1%; per language, extended at most 1.05x the better of base and standalone (both bases); and
 extension of the 128K-vocabulary tokenizer in under 5 minutes. Exits 1 if a goal is missed.
+
+Then Llama-3 is extended with the same pieces in each pre-tokenizer mode (``pre_tokenizer``: keep_marks,
+qwen35, base) and the table shows what the GGUF-compatible modes cost in tokens per word.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 from indictune.core.paths import shared_data_dir
 from indictune.data.readers import Source, read
 from indictune.training.tokenizer import bytelevel, spm
+from indictune.training.tokenizer.build import DEFAULT_PRE_TOKENIZER, PRE_TOKENIZER_MODES
 from indictune.training.tokenizer.fertility import fertility
 
 TEN = {
@@ -103,11 +107,42 @@ def measure(tokenizers: dict, heldout: dict[str, list[str]]) -> dict[str, dict[s
     }
 
 
+def gguf_parity(modes: dict, heldout: dict[str, list[str]]) -> list[str]:
+    """Per mode: the llama.cpp pre-tokenizer export chooses (or the converter's own guess, where export refuses)
+    and the held-out lines llama.cpp (llama-cpp-python, vocabulary-only GGUF) tokenizes exactly alike."""
+    from transformers import LlamaConfig
+
+    from indictune.export import gguf, parity
+
+    converter = gguf.converter_dir()
+    lines = ["| mode | llama.cpp pre-tokenizer | " + " | ".join(heldout) + " |", "|---|---|" + "---:|" * len(heldout)]
+    for name, tokenizer in modes.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            tokenizer.save_pretrained(folder)
+            LlamaConfig(
+                vocab_size=len(tokenizer), hidden_size=64, intermediate_size=64, architectures=["LlamaForCausalLM"]
+            ).save_pretrained(folder)
+            try:
+                pre_type = gguf.pre_tokenizer_type(folder)
+                shown = pre_type
+            except gguf.GGUFError:
+                pre_type, shown = None, "export refuses; the converter guesses"
+            vocab = gguf.convert(folder, folder / "vocab.gguf", "f16", pre_type, converter, vocab_only=True)
+            if pre_type is None:
+                shown += " " + parity.load(vocab, vocab_only=True).metadata.get("tokenizer.ggml.pre", "none")
+            report = parity.tokenizer_parity(tokenizer, vocab, heldout)
+        cells = [f"{report.checked[lang] - report.differ[lang]}/{report.checked[lang]}" for lang in heldout]
+        lines.append(f"| {name} | {shown} | " + " | ".join(cells) + " |")
+    return ["Held-out lines llama.cpp tokenizes exactly as the Hugging Face tokenizer", "", *lines, ""]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", default=str(shared_data_dir()), help="the shared data (default: %(default)s)")
     parser.add_argument("--pieces", type=int, default=32000)
     parser.add_argument("--temperature", type=float, default=2.0)
+    parser.add_argument("--gguf", action="store_true", help="also count lines llama.cpp tokenizes alike, per mode")
     args = parser.parse_args(argv)
     from transformers import LlamaTokenizer, PreTrainedTokenizerFast
 
@@ -122,10 +157,10 @@ def main(argv: list[str] | None = None) -> int:
 
     base3 = bytelevel.from_tiktoken(shared / "tokenizers" / "llama3" / "tokenizer.model")
     start = time.perf_counter()
-    extended3, added = extend_byte_level(base3, lines, args.pieces, lines[:2000], holdout_fraction=0.1)
+    extended3, added = extend_byte_level(base3, lines, args.pieces, lines[:2000], 0.1, DEFAULT_PRE_TOKENIZER)
     seconds = time.perf_counter() - start
     trained_on = [line for i, line in enumerate(lines) if i % 10]  # what extend_byte_level trains on
-    standalone_backend = bytelevel.train(trained_on, args.pieces, base3.backend_tokenizer)
+    standalone_backend = bytelevel.train(trained_on, args.pieces, base3.backend_tokenizer, DEFAULT_PRE_TOKENIZER)
     standalone_backend.decoder = base3.backend_tokenizer.decoder
     llama3 = {
         "base": base3,
@@ -157,6 +192,28 @@ def main(argv: list[str] | None = None) -> int:
     goals["Llama-3 extended <= 1.05x best of base/standalone, every language"] = all(
         rows3[lang]["extended"] <= 1.05 * min(rows3[lang]["base"], rows3[lang]["standalone"]) for lang in TEN
     )
+
+    # What each pre-tokenizer mode costs, with the same pieces; and whether llama.cpp tokenizes as it does.
+    modes = {"unextended": base3}
+    for mode in PRE_TOKENIZER_MODES:
+        modes[mode] = (
+            extended3
+            if mode == DEFAULT_PRE_TOKENIZER
+            else extend_byte_level(base3, lines, args.pieces, lines[:2000], 0.1, mode)[0]
+        )
+    rows_modes = measure(modes, heldout)
+    report += [
+        f"Llama-3 + {args.pieces:,} trained merges by pre_tokenizer mode (tokens per word on held-out FLORES dev)",
+        "",
+        table(rows_modes, list(modes)),
+        "",
+        "average over the ten: "
+        + ", ".join(f"{name} {sum(rows_modes[code][name] for code in TEN) / 10:.3f}" for name in modes),
+        "English: " + ", ".join(f"{name} {rows_modes['en'][name]:.4f}" for name in modes),
+        "",
+    ]
+    if args.gguf:
+        report += gguf_parity(modes, heldout)
 
     # Llama-2: SentencePiece
     base_proto = spm.load(str(shared / "tokenizers" / "llama2" / "tokenizer.model"))

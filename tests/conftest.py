@@ -114,9 +114,53 @@ def byte_level_tokenizer_dirs(prepared_sample, tmp_path_factory) -> tuple[Path, 
             languages=["hi", "ta"],
             base_tokenizer=str(out / "byte-level-base"),
             vocab_size=800,
+            pre_tokenizer="keep_marks",  # GPT-2's pre-tokenizer has no regex for qwen35 to replace
         )
     )
     return out / "byte-level-base", out / "byte-level-extended"
+
+
+FLORES_HALF = 498  # FLORES dev lines [0, 498) train tokenizers in the real-data tests; the rest is held out
+
+
+@pytest.fixture(scope="session")
+def llama3_extension(shared_data, tmp_path_factory) -> tuple[Path, dict]:
+    """Llama-3's tokenizer extended (the default pre_tokenizer, qwen35) with 4,000 merges trained on the first
+    half of FLORES dev plus news in Hindi, Tamil and Bengali: (its folder, build's summary)."""
+    import csv
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from indictune.training.tokenizer.build import TokenizerConfig, build
+
+    tmp = tmp_path_factory.mktemp("llama3-extension")
+    flores = {"hi": "hin_Deva", "ta": "tam_Taml", "bn": "ben_Beng"}
+    news = {"hi": "Hindi", "ta": "Tamil", "bn": "Bengal"}
+    rows = []
+    for lang, code in flores.items():
+        lines = (shared_data / "flores200" / "dev" / f"{code}.dev").read_text().splitlines()
+        rows += [(t, lang) for t in lines[:FLORES_HALF]]
+        with open(shared_data / "l3cube_indicnews_shc" / f"{news[lang]}_SHC_Test.csv", encoding="utf-8") as handle:
+            rows += [(r[0], lang) for r in list(csv.reader(handle))[1:] if r]
+    (tmp / "train").mkdir()
+    pq.write_table(
+        pa.table({"text": [t for t, _ in rows], "lang": [lang for _, lang in rows]}), tmp / "train" / "part-0.parquet"
+    )
+    for lang, code in {**flores, "en": "eng_Latn"}.items():
+        lines = (shared_data / "flores200" / "dev" / f"{code}.dev").read_text().splitlines()[FLORES_HALF:]
+        (tmp / f"{lang}.txt").write_text("\n".join(lines))
+    summary = build(
+        TokenizerConfig(
+            output_dir=str(tmp / "tokenizer"),
+            train_data=[str(tmp / "train")],
+            base_tokenizer=str(shared_data / "tokenizers" / "llama3"),
+            vocab_size=4000,
+            fertility_text=str(tmp / "{lang}.txt"),
+            fertility_languages=["hi", "ta", "bn", "en"],
+        )
+    )
+    return tmp / "tokenizer", summary
 
 
 def tiny_llama(vocab_size: int, tie: bool = False, seed: int = 0, positions: int = 512):

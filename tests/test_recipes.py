@@ -36,6 +36,14 @@ def test_eval_recipes_parse(path):
         recipe.load(EvalConfig, path, ["--model", "m", "--adapter", "a", "--base", "b"])
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "recipes" / "export").glob("*.yaml")), ids=lambda p: p.name)
+def test_export_recipes_parse(path):
+    from indictune.export.build import ExportConfig
+
+    config = recipe.load(ExportConfig, path)
+    assert config.output_dir and set(config.formats) <= {"hf", "gguf", "ollama"}
+
+
 @pytest.mark.parametrize("path", sorted((REPO / "recipes" / "train").rglob("*.yaml")), ids=lambda p: p.name)
 def test_training_recipes_parse(path):
     cpu = [] if torch.cuda.is_available() else ["--bf16", "false"]  # GPU recipes ask for bf16
@@ -138,7 +146,7 @@ def test_training_recipe_keys_are_the_real_trl_names():
 
 
 def test_scripts_print_help_and_exit_cleanly():
-    for script in ("prepare_data.py", "extend_tokenizer.py", "evaluate.py", "leaderboard.py"):
+    for script in ("prepare_data.py", "extend_tokenizer.py", "evaluate.py", "leaderboard.py", "export.py", "chat.py"):
         result = subprocess.run(
             [sys.executable, f"scripts/{script}", "--help"], capture_output=True, text=True, cwd=REPO
         )
@@ -155,3 +163,12 @@ def test_a_script_error_is_one_clear_line(tmp_path):
     )
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("error: command line: unknown key 'stages.qualty'")
+
+
+def test_a_list_of_strings_may_be_given_comma_separated():
+    from indictune.export.build import ExportConfig
+
+    config = recipe.load(ExportConfig, None, ["--model", "m", "--output_dir", "o", "--formats", "hf,gguf"])
+    assert config.formats == ["hf", "gguf"]
+    with pytest.raises(recipe.RecipeError, match="ollama needs gguf"):
+        recipe.load(ExportConfig, None, ["--model", "m", "--output_dir", "o", "--formats", "hf,ollama"])

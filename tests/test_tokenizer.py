@@ -172,8 +172,8 @@ def test_byte_level_bpe_extension_adds_reachable_tokens_and_keeps_base_ids():
             show_progress=False,
         ),
     )
-    trained = bytelevel.train(hindi * 3, 300, base)
-    extended, added = bytelevel.extend(base, trained, hindi)
+    trained = bytelevel.train(hindi * 3, 300, base, "keep_marks")
+    extended, added = bytelevel.extend(base, trained, hindi, "keep_marks")
     assert added and all(extended.get_vocab()[t] >= base.get_vocab_size() for t in added)
     assert all(extended.get_vocab()[t] == i for t, i in base.get_vocab().items())  # base and special ids stay
     for line in hindi + english:

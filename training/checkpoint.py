@@ -29,6 +29,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from indictune.core.io import atomic_directory
 from indictune.training import lineage
+from indictune.training.tokenizer import spm
 from indictune.training.tokenizer.embeddings import gathered
 
 # Recipe keys that cannot change the trained weights: where outputs, logs and checkpoints go and how often,
@@ -291,6 +292,6 @@ def merge(output_dir: str, tokenizer, dtype, trust_remote_code: bool, lineage_re
         merged = PeftModel.from_pretrained(base, output_dir).merge_and_unload()
     with atomic_directory(target) as partial:
         merged.save_pretrained(partial)
-        tokenizer.save_pretrained(partial)
+        spm.save_tokenizer(tokenizer, partial)
         lineage.write(partial, {**lineage_record, "merged_from_adapter": str(output_dir)}, recipe)
     return target

@@ -14,6 +14,7 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from trl import SFTTrainer
 
 from indictune.training.throughput import flops_per_token, peak_tflops
+from indictune.training.tokenizer import spm
 
 EMBEDDING_MARKERS = ("trainable_tokens_", "modules_to_save")
 
@@ -75,18 +76,20 @@ class IndictuneTrainerMixin:
         return self.optimizer
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        if not isinstance(self.model, PeftModel):
-            return super()._save(output_dir, state_dict)
         if not self.args.should_save:
             return
         output_dir = output_dir or self.args.output_dir
-        os.makedirs(output_dir, exist_ok=True)
-        # The adapter carries the rows of new tokens itself (trainable_token_indices or modules_to_save).
-        # Left to decide, peft would also write the whole resized embedding and output layers into it:
-        # gigabytes for a Llama-3 vocabulary, and a size mismatch for servers that load adapters.
-        self.model.save_pretrained(output_dir, state_dict=state_dict, save_embedding_layers=False)
-        self.processing_class.save_pretrained(output_dir)
-        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        if not isinstance(self.model, PeftModel):
+            super()._save(output_dir, state_dict)
+            spm.copy_model_file(self.processing_class, output_dir)
+        else:
+            os.makedirs(output_dir, exist_ok=True)
+            # The adapter carries the rows of new tokens itself (trainable_token_indices or modules_to_save).
+            # Left to decide, peft would also write the whole resized embedding and output layers into it:
+            # gigabytes for a Llama-3 vocabulary, and a size mismatch for servers that load adapters.
+            self.model.save_pretrained(output_dir, state_dict=state_dict, save_embedding_layers=False)
+            spm.save_tokenizer(self.processing_class, output_dir)
+            torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self._since is None:

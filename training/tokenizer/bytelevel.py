@@ -12,9 +12,22 @@ and the new tokens built on them, are removed and the check repeated until every
 
 Llama-3's and Qwen's pre-tokenizer regex splits words at letters (``\p{L}+``), and Indic vowel signs,
 viramas and anusvaras are marks (``\p{M}``), so "हिंदी" reaches BPE as four pieces and no merge can ever
-join them: that split alone keeps Llama-3 above 2.5 tokens per Hindi word whatever is added. The
-extended tokenizer's regex counts marks as part of words (``[\p{L}\p{M}]+``); text without combining
-marks, English included, is pre-tokenized exactly as before.
+join them: that split alone keeps Llama-3 above 2.5 tokens per Hindi word whatever is added. So the
+extended tokenizer's regex is chosen by ``pre_tokenizer`` (:data:`PRE_TOKENIZERS`):
+
+- ``keep_marks``: the base's regex with marks counted as part of words (``[\p{L}\p{M}]+``);
+  text without combining marks, English included, is pre-tokenized exactly as before. llama.cpp
+  implements no such regex, so such a model is served by transformers or vLLM, not as a GGUF.
+- ``qwen35``: the regex llama.cpp implements as its ``qwen35`` pre-tokenizer: marks kept in words as
+  above, but numbers split into single digits (Llama-3 takes up to three at a time); and, as that type
+  does, every word goes through the merges (Llama-3's ``ignore_merges`` takes a word that is a whole
+  vocabulary entry as one token even where its merges would not build it). GGUF-compatible, and the
+  default: on FLORES dev it costs under 0.5% more tokens than keep_marks (docs/benchmarks.md).
+- ``base``: the base's regex unchanged; vowel signs stay split, so the gain is smaller. GGUF-compatible
+  wherever the base is.
+
+llama.cpp never reads the regex in ``tokenizer.json``: it runs one hard-coded in C++ for each pre-tokenizer
+type it knows, so only those two can be exported (``indictune.export.gguf``).
 
 Llama-3's ``tokenizer.model`` is a tiktoken file (base64 token, rank); it is converted through
 transformers' ``TikTokenConverter`` with Llama-3's 256 special tokens at ids 128000-128255.
@@ -78,27 +91,73 @@ def keep_marks(pattern: str) -> str:
     return pattern.replace(r"\p{M}\p{M}", r"\p{M}")
 
 
-def _marks_in_words(pre_tokenizer: dict | None) -> dict | None:
-    """The pre-tokenizer spec with `keep_marks` applied to every Split regex."""
-    if pre_tokenizer is None:
-        return None
-    spec = json.loads(json.dumps(pre_tokenizer))
-    for step in spec.get("pretokenizers", [spec]):
-        if step.get("type") == "Split" and "Regex" in step.get("pattern", {}):
-            step["pattern"]["Regex"] = keep_marks(step["pattern"]["Regex"])
+# The pre-tokenizer regexes of tokenizer.json files as Llama-3 and Qwen2 ship them, and the one llama.cpp
+# implements as its `qwen35` type (src/llama-vocab.cpp quotes it): Qwen2's with marks kept in words.
+_CONTRACTIONS = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)"
+_SPACES = r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+LLAMA3_REGEX = _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*" + _SPACES
+QWEN2_REGEX = _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*" + _SPACES
+QWEN35_REGEX = _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*" + _SPACES
+
+
+class PreTokenizerError(ValueError):
+    """A pre_tokenizer mode that the base tokenizer's regex cannot take."""
+
+
+def to_qwen35(pattern: str) -> str:
+    if pattern not in (LLAMA3_REGEX, QWEN2_REGEX):
+        raise PreTokenizerError(
+            f"pre_tokenizer: qwen35 replaces Llama-3's or Qwen2's regex, and this base has {pattern!r}; "
+            "use keep_marks or base"
+        )
+    return QWEN35_REGEX
+
+
+# mode -> what it does to each Split regex of the base's pre-tokenizer
+PRE_TOKENIZERS = {"keep_marks": keep_marks, "qwen35": to_qwen35, "base": lambda pattern: pattern}
+
+
+def split_regexes(pre_tokenizer: dict | None) -> list[str]:
+    """The regexes of a pre-tokenizer spec's Split steps, in order."""
+    steps = (pre_tokenizer or {}).get("pretokenizers", [pre_tokenizer or {}])
+    return [s["pattern"]["Regex"] for s in steps if s.get("type") == "Split" and "Regex" in s.get("pattern", {})]
+
+
+def _apply_mode(spec: dict, mode: str) -> dict:
+    """A tokenizer.json spec with its pre-tokenizer (and, for qwen35, its merge rule) in `mode`."""
+    if mode == "qwen35" and not split_regexes(spec.get("pre_tokenizer")):
+        raise PreTokenizerError(
+            "pre_tokenizer: qwen35 replaces Llama-3's or Qwen2's regex, and this base's pre-tokenizer has no regex "
+            "(GPT-2's ByteLevel split, say); use keep_marks or base"
+        )
+    spec = {**spec, "pre_tokenizer": _pre_tokenizer_for(spec.get("pre_tokenizer"), mode)}
+    if mode == "qwen35":
+        spec["model"] = {**spec["model"], "ignore_merges": False}
     return spec
 
 
-def with_marks_in_words(tokenizer: Tokenizer) -> Tokenizer:
+def _pre_tokenizer_for(pre_tokenizer: dict | None, mode: str) -> dict | None:
+    """The pre-tokenizer spec with `mode` applied to every Split regex."""
+    if pre_tokenizer is None:
+        return None
+    rewrite = PRE_TOKENIZERS[mode]
+    spec = json.loads(json.dumps(pre_tokenizer))
+    for step in spec.get("pretokenizers", [spec]):
+        if step.get("type") == "Split" and "Regex" in step.get("pattern", {}):
+            step["pattern"]["Regex"] = rewrite(step["pattern"]["Regex"])
+    return spec
+
+
+def with_pre_tokenizer(tokenizer: Tokenizer, mode: str) -> Tokenizer:
     spec = json.loads(tokenizer.to_str())
-    spec["pre_tokenizer"] = _marks_in_words(spec.get("pre_tokenizer"))
+    spec["pre_tokenizer"] = _pre_tokenizer_for(spec.get("pre_tokenizer"), mode)
     return Tokenizer.from_str(json.dumps(spec))
 
 
-def train(lines: list[str], new_pieces: int, like: Tokenizer, min_frequency: int = 2) -> Tokenizer:
-    """A byte-level BPE model with `new_pieces` merges, pre-tokenized as `like` with marks kept in words."""
+def train(lines: list[str], new_pieces: int, like: Tokenizer, pre_tokenizer: str, min_frequency: int = 2) -> Tokenizer:
+    """A byte-level BPE model with `new_pieces` merges, pre-tokenized as `like` in `pre_tokenizer` mode."""
     trained = Tokenizer(models.BPE())
-    trained.pre_tokenizer = with_marks_in_words(like).pre_tokenizer
+    trained.pre_tokenizer = with_pre_tokenizer(like, pre_tokenizer).pre_tokenizer
     trained.normalizer = like.normalizer
     trainer = trainers.BpeTrainer(
         vocab_size=len(ByteLevel.alphabet()) + new_pieces,
@@ -152,13 +211,12 @@ def interleave(merge_lists: list[list[tuple[str, str]]]) -> list[tuple[str, str]
 
 
 def extend(
-    base: Tokenizer, trained: Tokenizer | list[tuple[str, str]], lines: list[str]
+    base: Tokenizer, trained: Tokenizer | list[tuple[str, str]], lines: list[str], pre_tokenizer: str
 ) -> tuple[Tokenizer, list[str]]:
     """`base` with the tokens `trained` (a model, or its merges) makes that it lacks, each with merges that
     build it from what the base's own merges leave of it; minus those no line of `lines` uses. Returns the
-    tokenizer and the new tokens."""
-    spec = json.loads(base.to_str())
-    spec["pre_tokenizer"] = _marks_in_words(spec.get("pre_tokenizer"))
+    tokenizer (its regex in `pre_tokenizer` mode) and the new tokens."""
+    spec = _apply_mode(json.loads(base.to_str()), pre_tokenizer)
     known = set(spec["model"]["vocab"])
     ranks = {pair: rank for rank, pair in enumerate(_pairs(spec["model"]["merges"]))}
     new: list[tuple[str, str]] = []
