@@ -15,13 +15,15 @@ refused or interrupted export leaves the previous one in place.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import torch
+
+from indictune.core.hashing import files_sha256
 from indictune.core.io import MANIFEST, atomic_directory, atomic_write_text
 from indictune.core.lineage import code_commit
 from indictune.core.log import get_logger
@@ -95,14 +97,6 @@ class ExportConfig:
             raise RecipeError(f"ollama_gguf: {self.ollama_gguf} is neither gguf_type nor in quantize")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _refusal(report: parity.ParityReport, pre_type: str | None) -> str:
     how = f"as llama.cpp's {pre_type} pre-tokenizer" if pre_type else "from tokenizer.model (SentencePiece)"
     hint = (
@@ -169,7 +163,7 @@ def export(config: ExportConfig) -> dict:
             shutil.rmtree(partial / "vocab")
 
         logger.info("loading %s%s", model_dir, f" and merging {adapter_dir}" if adapter_dir else "")
-        dtype = config.dtype if config.dtype == "auto" else getattr(__import__("torch"), config.dtype)
+        dtype = config.dtype if config.dtype == "auto" else getattr(torch, config.dtype)
         model = load_merged(model_dir, adapter_dir, tokenizer, dtype, config.trust_remote_code)
         summary["vocabulary"] = vocabulary(model, tokenizer)
         generation = generation_config(model, tokenizer, model_dir, layout)
@@ -218,10 +212,7 @@ def export(config: ExportConfig) -> dict:
         (hf_dir / "README.md").write_text(card, encoding="utf-8")
         if "hf" not in config.formats:
             shutil.rmtree(hf_dir)
-        summary["files"] = {
-            str(p.relative_to(partial)): _sha256(p)
-            for p in sorted(partial.rglob("*"))
-            if p.is_file() and p.name != MANIFEST
-        }
+        written = [p for p in sorted(partial.rglob("*")) if p.is_file() and p.name != MANIFEST]
+        summary["files"] = {str(p.relative_to(partial)): digest for p, digest in zip(written, files_sha256(written))}
         (partial / "export.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     return summary

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+from indictune.export.hf import ExportError
 from indictune.export.template import ChatLayout, ollama_template
 
 
@@ -31,7 +32,10 @@ def modelfile(
     the generation config's sampling settings."""
     lines = [f"FROM ./{gguf_name}"]
     if found is not None:
-        lines.append(f'TEMPLATE """{ollama_template(found)}"""')
+        template = ollama_template(found)
+        if '"""' in template:
+            raise ExportError('the chat template contains """, which ends a Modelfile TEMPLATE; Ollama cannot take it')
+        lines.append(f'TEMPLATE """{template}"""')
     lines += [f"PARAMETER stop {_quoted(token)}" for token in stop]
     settings = {
         "temperature": "temperature",

@@ -70,7 +70,7 @@ def check_texts(tokenizer, pattern: str | None = DEFAULT_CHECK_TEXT, langs: list
             raise FileNotFoundError(f"check text for {lang.code}: {path} does not exist")
     for path in sorted(SAMPLE_HELDOUT.glob("*.txt")):
         sets[f"sample:{path.stem}"] = [line for line in path.read_text(encoding="utf-8").splitlines() if line]
-    specials = sorted(tokenizer.all_special_tokens + [t.content for t in tokenizer.added_tokens_decoder.values()])
+    specials = sorted({*tokenizer.all_special_tokens, *(t.content for t in tokenizer.added_tokens_decoder.values())})
     sets["special tokens"] = [" ".join(specials), "नमस्ते" + "".join(specials) + " world"]
     if getattr(tokenizer, "chat_template", None):
         sets["chat template"] = [template.render(tokenizer, m, True) for m in template.CHECK_CONVERSATIONS]
