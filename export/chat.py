@@ -20,7 +20,7 @@ from transformers import TextIteratorStreamer
 
 from indictune.core.recipe import field
 from indictune.export import template
-from indictune.export.hf import ExportError, end_of_turn_ids, load_merged, load_tokenizer, tokenizer_folder
+from indictune.export.hf import ExportError, generation_config, load_merged, load_tokenizer, tokenizer_folder
 
 
 @dataclass
@@ -48,7 +48,7 @@ class Chat:
         dtype = config.dtype if config.dtype == "auto" else getattr(torch, config.dtype)
         self.model = load_merged(model_dir, adapter_dir, self.tokenizer, dtype, config.trust_remote_code).eval()
         layout = template.layout(self.tokenizer)
-        self.stop_ids = end_of_turn_ids(self.tokenizer, model_dir, layout)
+        self.stop_ids = generation_config(self.model, self.tokenizer, model_dir, layout).eos_token_id
         self.reset()
 
     def reset(self) -> None:

@@ -41,7 +41,6 @@ LLAMA_CPP_PRE_TYPES = {
 
 # What llama_model_quantize makes, by the names llama.cpp's quantize tool uses.
 QUANTIZED_TYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
-CONVERTED_TYPES = ("f32", "f16", "bf16")
 
 
 class GGUFError(RuntimeError):

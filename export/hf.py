@@ -69,15 +69,10 @@ def vocabulary(model, tokenizer) -> dict:
     return sizes
 
 
-def end_of_turn_ids(tokenizer, model_dir: Path, layout) -> list[int]:
-    """Every id that ends a reply: the base's generation config's, EOS, and the special tokens that close an
+def end_of_turn_ids(tokenizer, saved: int | list[int] | None, layout) -> list[int]:
+    """Every id that ends a reply: the `saved` generation config's, EOS, and the special tokens that close an
     assistant turn in the chat template (<|eot_id|>, <|im_end|>, <end_of_turn>, ...)."""
-    ids: list[int] = []
-    try:
-        existing = GenerationConfig.from_pretrained(model_dir).eos_token_id
-    except OSError:
-        existing = None
-    ids += existing if isinstance(existing, list) else [existing] if existing is not None else []
+    ids = list(saved) if isinstance(saved, list) else [saved] if saved is not None else []
     ids += [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     if layout is not None:
         special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
@@ -86,11 +81,12 @@ def end_of_turn_ids(tokenizer, model_dir: Path, layout) -> list[int]:
 
 
 def generation_config(model, tokenizer, model_dir: Path, layout) -> GenerationConfig:
+    """The model's saved generation config (or one from its config), stopping at every end of turn."""
     try:
         config = GenerationConfig.from_pretrained(model_dir)
     except OSError:
         config = GenerationConfig.from_model_config(model.config)
-    config.eos_token_id = end_of_turn_ids(tokenizer, model_dir, layout)
+    config.eos_token_id = end_of_turn_ids(tokenizer, config.eos_token_id, layout)
     config.bos_token_id = tokenizer.bos_token_id
     if tokenizer.pad_token_id is not None:
         config.pad_token_id = tokenizer.pad_token_id

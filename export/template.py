@@ -14,9 +14,9 @@ conversation, rather than translated wrongly.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
-ROLES = ("system", "user", "assistant")
 _MARK = "\ue000{}\ue001"  # private-use characters: no template adds or changes them
 
 
@@ -45,7 +45,7 @@ class ChatLayout:
 
     def end_of_turn(self) -> str:
         """The text that ends an assistant turn: what follows its content before the next message's own text."""
-        return _common_prefix([self.closing["assistant"], self.between["assistant", "user"]])
+        return os.path.commonprefix([self.closing["assistant"], self.between["assistant", "user"]])
 
 
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
@@ -66,12 +66,6 @@ def _pieces(text: str, count: int) -> list[str]:
         before, text = text.split(marker)
         pieces.append(before)
     return [*pieces, text]
-
-
-def _common_prefix(texts: list[str]) -> str:
-    first = min(texts, key=len)
-    n = next((i for i in range(len(first)) if any(t[i] != first[i] for t in texts)), len(first))
-    return first[:n]
 
 
 def _probe(tokenizer, roles: list[str], add_generation_prompt: bool) -> list[str] | None:
