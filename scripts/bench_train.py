@@ -216,7 +216,7 @@ def main() -> None:
             train_dataset=pack_dataset(docs, config.max_length, strategy="bfd_split"),
             data_collator=PackedCollator(PAD, flatten=model.config._attn_implementation.startswith("flash")),
         )
-        trainer.configure(None, None)
+        trainer.configure(None, None, 0.0)
         return trainer, model
 
     def plain():

@@ -13,11 +13,12 @@ the trained weights.
 """
 
 from transformers import set_seed
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from indictune.core.log import get_logger, setup_logging
 from indictune.core.recipe import RecipeError
 from indictune.data.corpus import parquet_files
-from indictune.training import checkpoint, config, lineage
+from indictune.training import checkpoint, config, lineage, memory, moe
 from indictune.training.data import load_chat
 from indictune.training.model import (
     TrainingSetupError,
@@ -37,7 +38,7 @@ logger = get_logger("train")
 def main(argv: list[str] | None = None):
     try:
         return train(argv)
-    except (RecipeError, TrainingSetupError, checkpoint.ResumeRefused) as err:
+    except (RecipeError, TrainingSetupError, moe.MoESetupError, memory.PlanDoesNotFit, checkpoint.ResumeRefused) as err:
         raise SystemExit(f"error: {err}") from None
 
 
@@ -50,8 +51,19 @@ def train(argv: list[str] | None):
     set_seed(training_args.seed)
 
     tokenizer = load_tokenizer(args, model_args, training_args)
+    # Before the weights load: a plan that does not fit the GPUs stops here, with what to change.
+    try:
+        planned = memory.plan_for_this_run(args, training_args, model_args, tokenizer)  # None without a GPU
+    except memory.PlanError as err:
+        planned = None
+        logger.warning("no memory plan for this run: %s", err)
+    if planned:
+        memory.check(*planned)
     model, base_tokenizer = load_model(args, model_args, training_args, tokenizer)
     new_token_ids = fit_to_tokenizer(model, tokenizer, base_tokenizer)
+    router_aux_loss_coef = moe.router_aux_loss_coefficient(model, training_args.router_aux_loss_coef)
+    if is_deepspeed_zero3_enabled() and moe.is_moe(model):
+        logger.info("MoE blocks fetched whole under ZeRO-3: %s", ", ".join(moe.register_zero3_leaves(model)))
     peft_config = lora_config(model_args, args, model, tokenizer, new_token_ids)
     if peft_config is not None:
         model = with_adapter(model, peft_config, training_args)
@@ -84,7 +96,7 @@ def train(argv: list[str] | None):
         if rejected:
             logger.info("rejected chat records: %s", dict(rejected))
         require_trained_tokens(trainer.model, tokenizer, trainer.train_dataset, peft_config)
-    trainer.configure(args.embedding_learning_rate, args.peak_tflops_per_gpu)
+    trainer.configure(args.embedding_learning_rate, args.peak_tflops_per_gpu, router_aux_loss_coef)
     trainer.add_callback(checkpoint.RecipeInCheckpoints(record, recipe))
 
     trainer.train(resume_from_checkpoint=resume.checkpoint if resume else None)

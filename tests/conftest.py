@@ -184,6 +184,43 @@ def tiny_llama(vocab_size: int, tie: bool = False, seed: int = 0, positions: int
     return LlamaForCausalLM(config).eval()
 
 
+def tiny_mixtral(vocab_size: int, seed: int = 0, **settings):
+    """A two-layer Mixtral (4 experts, top-2), randomly initialised, with Mixtral-8x7B's router loss weight."""
+    import torch
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    torch.manual_seed(seed)
+    config = MixtralConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        router_aux_loss_coef=0.02,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        **settings,
+    )
+    return MixtralForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_mixtral_dir(base_tokenizer_dir, tmp_path_factory) -> Path:
+    """A tiny random Mixtral saved with the base tokenizer, as a base model folder."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_tokenizer_dir)
+    out = tmp_path_factory.mktemp("models") / "tiny-mixtral"
+    tiny_mixtral(len(tokenizer)).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_base_dir(base_tokenizer_dir, tmp_path_factory) -> Path:
     """A tiny random Llama saved with the base tokenizer, as a base model folder."""

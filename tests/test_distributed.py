@@ -4,6 +4,7 @@ fresh base to the trained model's logits, and a ZeRO-3 run resumes on the same l
 
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -25,9 +26,13 @@ def launch(
     tokenizer_dir,
     *extra,
     recipe: str = "recipes/train/demo/cpt-lora.yaml",
+    timeout: int = 600,
+    env: dict | None = None,
+    check: bool = True,
 ) -> dict:
     """scripts/train.py on two CPU ranks via tests/distributed_train.py; what rank 0 saw after training, and
-    what the ranks printed."""
+    what the ranks printed (with check false: the exit status and output only, for a run meant to fail). A run
+    still going after `timeout` seconds is taken for a hang: every process of it is killed and the test fails."""
     command = [
         "accelerate",
         "launch",
@@ -73,11 +78,27 @@ def launch(
         "true",
         *extra,
     ]
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "DS_ACCELERATOR": "cpu",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        **(env or {}),
+    }
     env["PATH"] = f"{Path(os.sys.executable).parent}:{env['PATH']}"
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return {**torch.load(out / "trained.pt", weights_only=False), "stdout": result.stdout}
+    with subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as run:
+        try:
+            stdout, stderr = run.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(run.pid, signal.SIGKILL)
+            stdout, stderr = run.communicate()
+            pytest.fail(f"the two ranks hung: still running after {timeout} s\n{stdout[-2000:]}{stderr[-3000:]}")
+    if not check:
+        return {"returncode": run.returncode, "stdout": stdout, "stderr": stderr}
+    assert run.returncode == 0, stdout[-3000:] + stderr[-5000:]
+    return {**torch.load(out / "trained.pt", weights_only=False), "stdout": stdout}
 
 
 @pytest.mark.parametrize("stage", [2, 3])

@@ -28,7 +28,7 @@ def test_launch_slurm_packs_once_and_starts_each_node_with_its_rank(
     executable(bin_dir / "scontrol", 'printf "gpu-node-a\\ngpu-node-b\\n"\n')
     # srun runs the per-node command as the second node would; accelerate records what it was given.
     executable(bin_dir / "srun", 'while [ "$1" != bash ]; do shift; done; SLURM_NODEID=1 "$@"\n')
-    executable(bin_dir / "accelerate", f'printf "%s\\n" "$@" > {tmp_path}/accelerate-args\n')
+    executable(bin_dir / "accelerate", f'printf "%s\\n" "$@" > {tmp_path}/accelerate-args; env > {tmp_path}/env\n')
     executable(bin_dir / "python", f'exec {sys.executable} "$@"\n')
     env = {
         **os.environ,
@@ -58,7 +58,13 @@ def test_launch_slurm_packs_once_and_starts_each_node_with_its_rank(
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "per GPU" in result.stdout  # the memory plan, before anything is packed
     assert len(list((tmp_path / "cache" / "packed").iterdir())) == 1  # packed before the launch
+    exported = dict(line.split("=", 1) for line in (tmp_path / "env").read_text().splitlines() if "=" in line)
+    assert (
+        exported["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"
+        and "expandable_segments" in exported["PYTORCH_CUDA_ALLOC_CONF"]
+    )
     args = (tmp_path / "accelerate-args").read_text().split("\n")
     assert args[0] == "launch"
     flags = dict(zip(args[1:-1:2], args[2::2]))

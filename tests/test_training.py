@@ -718,13 +718,17 @@ TINY = dict(
 
 def tiny_model_like(family: str, tokenizer):
     """A two-layer model of the family a recipe is for (named by its folder), randomly initialised."""
-    from transformers import AutoModelForCausalLM, Gemma2Config, LlamaConfig, MistralConfig, Qwen2Config
+    from transformers import AutoModelForCausalLM, Gemma2Config, LlamaConfig, MistralConfig, MixtralConfig, Qwen2Config
 
     torch.manual_seed(0)
     tiny = {**TINY, "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
     if family.startswith("gemma-2"):
         config = Gemma2Config(
             vocab_size=len(tokenizer), head_dim=16, query_pre_attn_scalar=16, sliding_window=32, **tiny
+        )
+    elif family.startswith("mixtral"):
+        config = MixtralConfig(
+            vocab_size=len(tokenizer), num_local_experts=4, num_experts_per_tok=2, tie_word_embeddings=False, **tiny
         )
     else:
         kind = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2.5": Qwen2Config}[family.split("-")[0]]
@@ -789,6 +793,8 @@ def test_each_model_recipe_trains_on_a_tiny_model_of_its_architecture(
     trainer = load_train_script().main(argv)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses) == 2 and all(loss == loss for loss in losses)  # trained, no NaN
+    if settings.get("router_aux_loss_coef"):  # an MoE recipe: the router loss trains and is logged
+        assert all(h["router_aux_loss"] > 0 for h in trainer.state.log_history if "loss" in h)
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
     if settings.get("merge_adapter"):
         assert (tmp_path / "out" / "merged" / "model.safetensors").is_file()

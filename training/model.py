@@ -11,8 +11,12 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig, SFTConfig, get_peft_config
 
+from indictune.core.log import get_logger
+from indictune.training import moe
 from indictune.training.config import IndictuneArguments, tokenizer_name_or_path
 from indictune.training.tokenizer.embeddings import gathered, resize_for_tokenizer
+
+logger = get_logger("train")
 
 
 class TrainingSetupError(ValueError):
@@ -114,8 +118,19 @@ def _module_name(model, module) -> str:
 def lora_config(
     model_args: ModelConfig, args: IndictuneArguments, model, tokenizer, new_ids: list[int]
 ) -> LoraConfig | None:
-    """TRL's LoRA settings from the recipe, plus the embedding rows to train."""
+    """TRL's LoRA settings from the recipe, plus the embedding rows to train and, for names written for separate
+    expert modules, the fused expert parameters they mean."""
     config = get_peft_config(model_args)
+    if config is not None and not config.target_parameters:
+        fused = moe.fused_expert_targets(model, config.target_modules)
+        if fused:
+            logger.info("LoRA on the experts through their fused parameters: lora_target_parameters %s", fused)
+            config.target_parameters = fused
+    if config is not None and config.target_parameters and config.lora_dropout:
+        raise TrainingSetupError(
+            f"lora_dropout is {config.lora_dropout}, but LoRA on parameters ({sorted(config.target_parameters)}) "
+            "cannot apply dropout (peft adds the update to the weight, not to the input); set lora_dropout: 0"
+        )
     if config is not None and args.trainable_embeddings == "none" and new_ids:
         raise TrainingSetupError(
             f"trainable_embeddings: none would leave the {len(new_ids)} tokens the tokenizer adds untrained "

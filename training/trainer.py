@@ -4,8 +4,10 @@ past the end when resumed from the last checkpoint."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
+from pathlib import Path
 
 import torch
 from peft import PeftModel
@@ -13,6 +15,8 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINING_ARGS_NAME
 from trl import SFTTrainer
 
+from indictune.core.io import atomic_write_text
+from indictune.training import moe
 from indictune.training.throughput import flops_per_token, peak_tflops
 from indictune.training.tokenizer import spm
 
@@ -33,14 +37,20 @@ class StopWhenNothingLeftToTrain(TrainerCallback):
 
 
 class IndictuneTrainerMixin:
-    """Adds ``embedding_learning_rate``, logs tokens/s per GPU and MFU with the loss, and trains no step
-    past max_steps."""
+    """Adds ``embedding_learning_rate``, logs tokens/s per GPU and MFU with the loss, adds an MoE model's router
+    loss once and logs it with the experts' load, and trains no step past max_steps."""
 
-    def configure(self, embedding_learning_rate: float | None, peak_tflops_per_gpu: float | None) -> None:
+    def configure(
+        self, embedding_learning_rate: float | None, peak_tflops_per_gpu: float | None, router_aux_loss_coef: float
+    ) -> None:
         self.embedding_learning_rate = embedding_learning_rate
         self.flops_per_token = flops_per_token(self.model, self.args.max_length)
         self.peak_flops = (peak_tflops(peak_tflops_per_gpu) or 0.0) * 1e12
         self._tokens, self._since = 0, None
+        self.router_aux_loss_coef = router_aux_loss_coef
+        top_k = moe.experts_per_token(self.model) if moe.is_moe(self.model) else None
+        self.expert_load = moe.ExpertLoad(top_k) if top_k else None
+        self.expert_load_total: torch.Tensor | None = None  # [layers, experts] over the run, the same on every rank
         self.add_callback(StopWhenNothingLeftToTrain())
 
     def train(self, *args, **kwargs):
@@ -75,10 +85,44 @@ class IndictuneTrainerMixin:
         )
         return self.optimizer
 
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The model's own loss (Trainer's, not SFTTrainer's fused head: see ChatTrainer), plus an MoE model's
+        router loss, weighted by router_aux_loss_coef as a mean over the micro-batches of a step and the ranks."""
+        if getattr(self, "expert_load", None) is None:
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+        loss, outputs = Trainer.compute_loss(self, model, inputs, True, num_items_in_batch)
+        aux_loss = outputs.get("aux_loss")
+        if self.router_aux_loss_coef and aux_loss is not None:
+            # With num_items_in_batch the loss is already a mean over the accumulated micro-batches, so Trainer does
+            # not divide it by their number; the router loss is one micro-batch's mean and must be.
+            scaled_for_accumulation = self.model_accepts_loss_kwargs and num_items_in_batch is not None
+            steps = self.current_gradient_accumulation_steps if scaled_for_accumulation else 1
+            loss = loss + self.router_aux_loss_coef * aux_loss.to(loss.device) / steps
+        if model.training:
+            self.expert_load.add(outputs.get("router_logits"), aux_loss, inputs.get("attention_mask"))
+        return (loss, outputs) if return_outputs else loss
+
+    def _log_expert_load(self, logs: dict[str, float]) -> None:
+        counts, aux_sum, aux_batches = self.expert_load.take()
+        if counts is None:
+            return
+        # Every rank logs, so every rank reduces the same tensors.
+        counts = self.accelerator.reduce(counts.to(self.args.device), "sum")
+        aux = torch.tensor([aux_sum, aux_batches], dtype=torch.float64, device=self.args.device)
+        aux_sum, aux_batches = self.accelerator.reduce(aux, "sum").tolist()
+        if aux_batches:
+            logs["router_aux_loss"] = round(aux_sum / aux_batches, 6)
+        logs.update(moe.load_summary(counts))
+        self.expert_load_total = counts if self.expert_load_total is None else self.expert_load_total + counts
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if not self.args.should_save:
             return
         output_dir = output_dir or self.args.output_dir
+        if getattr(self, "expert_load_total", None) is not None:
+            os.makedirs(output_dir, exist_ok=True)
+            table = json.dumps(moe.load_table(self.expert_load_total, self.expert_load.top_k), indent=1)
+            atomic_write_text(Path(output_dir) / "expert_load.json", table + "\n")
         if not isinstance(self.model, PeftModel):
             super()._save(output_dir, state_dict)
             spm.copy_model_file(self.processing_class, output_dir)
@@ -109,6 +153,8 @@ class IndictuneTrainerMixin:
             if torch.cuda.is_available():
                 logs["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
             self._tokens, self._since = 0, time.perf_counter()
+            if self.expert_load is not None:
+                self._log_expert_load(logs)
         super().log(logs, start_time)
 
 
@@ -126,4 +172,4 @@ class ChatTrainer(IndictuneTrainerMixin, SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs["use_cache"] = False
-        return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+        return IndictuneTrainerMixin.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
