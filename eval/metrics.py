@@ -195,3 +195,29 @@ def token_f1(prediction: str, references: list[str], lang: str | None = None) ->
             precision, recall = common / len(predicted), common / len(gold)
             best = max(best, 2 * precision * recall / (precision + recall))
     return best
+
+
+# ---- worked numeric answers (grade-school math) --------------------------------------------------------
+
+# A number as models write them: digits grouped by commas (1,000,000 or India's 10,00,000), a decimal part,
+# a sign. Applied after every Unicode decimal digit (Devanagari, Bengali, Telugu, Tamil, ...) is read as ASCII.
+_NUMBER = re.compile(r"(?<![\d.])-?\d+(?:,\d+)*(?:\.\d+)?")
+
+
+def ascii_digits(text: str) -> str:
+    """Every decimal digit of any script as its ASCII digit: ४२, ৪২, ౪౨ and ௪௨ are all 42."""
+    return "".join(str(unicodedata.decimal(c)) if c.isdecimal() else c for c in text)
+
+
+def final_number(text: str) -> float | None:
+    """The last number in a worked answer (its conclusion), or None if it has none."""
+    numbers = _NUMBER.findall(ascii_digits(text))
+    return float(numbers[-1].replace(",", "")) if numbers else None
+
+
+def numeric_match(prediction: str, references: list[str], lang: str | None = None) -> float:
+    """1.0 if the prediction's final number equals a reference's number, else 0.0 (no number: 0.0)."""
+    answer = final_number(prediction)
+    if answer is None:
+        return 0.0
+    return float(any((gold := final_number(r)) is not None and math.isclose(answer, gold) for r in references))

@@ -13,9 +13,11 @@ range. A suite entry whose prompts do not fit the model is skipped with its reas
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
+import random
 from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ from indictune.core import languages
 from indictune.core.hashing import tokenizer_sha256
 from indictune.core.io import atomic_write_text
 from indictune.core.lineage import code_commit
+from indictune.core.log import get_logger
 from indictune.core.recipe import check_ranges, field, to_dict
 from indictune.eval import cache, store
 from indictune.eval.metrics import (
@@ -40,6 +43,7 @@ from indictune.eval.metrics import (
     exact_match,
     mcnemar_p,
     mean_delta,
+    numeric_match,
     out_of_range,
     paired_bootstrap,
     paired_bootstrap_delta,
@@ -47,6 +51,8 @@ from indictune.eval.metrics import (
 )
 from indictune.eval.scoring import InputTooLong, ScoringError, choice_loglikelihoods, generate, text_nll
 from indictune.eval.tasks import MissingTaskData, Task, chunks, load_task
+
+logger = get_logger("eval")
 
 
 class EvalError(ValueError):
@@ -86,6 +92,19 @@ class EvalConfig:
         False, help="score an adapter on a model other than the one it was trained on (recorded and shown as such)"
     )
     bootstrap_samples: int = field(1000, minimum=100, help="resamples for the 95% paired intervals")
+    recheck_fraction: float = field(
+        0.01,
+        minimum=0.0,
+        maximum=1.0,
+        help="rescore this share of each task's items (at least one) one at a time, to catch scores that depend "
+        "on the batch; 0 turns the check off",
+    )
+    recheck_tolerance: float = field(
+        1e-3,
+        minimum=0.0,
+        help="the most a log-likelihood (nats per choice, per text byte) may move at batch size 1; a generated "
+        "answer must not change at all",
+    )
     seed: int = field(0, minimum=0, help="seeds few-shot draws and the bootstrap")
 
     def __post_init__(self) -> None:
@@ -185,6 +204,51 @@ def score_task(model, tokenizer, vocab_size: int, task: Task, items, config: Eva
     return {"ids": ids, "predictions": predictions, "references": [item["references"] for item in items]}
 
 
+def recheck_alone(model, tokenizer, vocab_size: int, task: Task, lang: str, items, result: dict, config) -> dict:
+    """Rescore a seeded sample of the items one at a time and say how far their scores moved. Padding, and kernels
+    chosen by a batch's shape, can make a score depend on what it was batched with (on GPUs in bfloat16 above all);
+    such a run is flagged rather than trusted."""
+    rng = random.Random(f"{config.seed}:{task.name}:{lang}")
+    picked = sorted(rng.sample(range(len(items)), max(1, round(config.recheck_fraction * len(items)))))
+    alone = score_task(
+        model,
+        tokenizer,
+        vocab_size,
+        task,
+        [items[i] for i in picked],
+        dataclasses.replace(config, batch_size=1),
+        desc=f"{task.name} {lang}: rechecking {len(picked)} alone",
+    )
+    if task.type == "language_modeling":  # nats per byte of each chunk
+        moved = [abs(result["nll"][i] - n) / b for i, n, b in zip(picked, alone["nll"], alone["bytes"])]
+    elif task.type == "multiple_choice":
+        moved = [
+            max(abs(x - y) for x, y in zip(result["loglikelihoods"][i], scores))
+            for i, scores in zip(picked, alone["loglikelihoods"])
+        ]
+    else:  # a greedy answer either stays or changes
+        moved = [float(result["predictions"][i] != p) for i, p in zip(picked, alone["predictions"])]
+    tolerance = 0.0 if task.type == "generation" else config.recheck_tolerance
+    worst = max(moved)
+    if worst > tolerance:
+        logger.warning(
+            "task %s (%s): scores depend on the batch: rescored alone, %d of %d items moved, by up to %.3g (tolerance "
+            "%g); this run is flagged in results.json",
+            task.name,
+            lang,
+            sum(m > tolerance for m in moved),
+            len(moved),
+            worst,
+            tolerance,
+        )
+    return {
+        "items": [items[i]["id"] if isinstance(items[i], dict) else i for i in picked],
+        "largest_move": worst,
+        "tolerance": tolerance,
+        "flagged": worst > tolerance,
+    }
+
+
 def summarize(task: Task, lang: str, result: dict, base: dict | None, config: EvalConfig) -> list[dict]:
     """Score rows (task, lang, metric, value, n, and against a base: delta, interval, p)."""
     samples, seed = config.bootstrap_samples, config.seed
@@ -255,7 +319,12 @@ def summarize(task: Task, lang: str, result: dict, base: dict | None, config: Ev
             detail=signature,
         )
     else:
-        for metric, fn in (("exact_match", exact_match), ("f1", token_f1)):
+        scorers = (
+            (("exact_match", exact_match), ("f1", token_f1))
+            if task.metric == "squad"
+            else [("exact_match", numeric_match)]
+        )
+        for metric, fn in scorers:
 
             def per_item(r: dict, fn=fn) -> list[float]:
                 return [100 * fn(p, refs, lang) for p, refs in zip(r["predictions"], r["references"])]
@@ -364,6 +433,11 @@ def evaluate(config: EvalConfig) -> dict:
             "lineage": _lineage(variant),
             "base_mismatch": mismatches.get(variant.label),
             "skipped": skipped + scored["skipped"],
+            "batch_dependent": [
+                {"task": task.name, "lang": lang, **scored["tasks"][key]["recheck"]}
+                for key, task, lang, _, _ in prepared
+                if scored["tasks"].get(key, {}).get("recheck", {}).get("flagged")
+            ],
             "scores": rows,
         }
 
@@ -428,6 +502,10 @@ def _score_variant(loaded: Loaded, variant: Variant, files: dict, prepared, conf
                     continue
                 except ScoringError as err:
                     raise EvalError(f"{variant.label}, task {task.name} ({lang}): {err}") from None
+                if config.recheck_fraction:
+                    result["recheck"] = recheck_alone(
+                        loaded.model, tokenizer, vocab_size, task, lang, items, result, config
+                    )
                 if cacheable:
                     cache.save(cache_key, result)
             tasks[key] = result

@@ -57,6 +57,9 @@ class TaskData:
     hf_name: str | None = field(None, help="the dataset's configuration; {lang}, {flores} and {name} are filled in")
     hf_revision: str | None = field(None, help="e.g. refs/convert/parquet for datasets that had loading scripts")
     split: str = "test"
+    fieldnames: list[str] = field(
+        default_factory=list, help="csv/tsv without a header row: its columns' names (MGSM's question TAB answer)"
+    )
     columns: dict[str, str] = field(default_factory=dict, help="rename upstream columns: {upstream: ours}")
     schema: str = field("", help="the fields the templates use, documented for whoever supplies a local copy")
 
@@ -88,14 +91,20 @@ class Task:
     direction: Literal["from_english", "to_english"] | None = field(
         None, help="parallel data: which side is the source"
     )
-    metric: Literal["bits", "accuracy", "chrf", "squad"] = field("bits", help="chrf: chrF++; squad: exact match and F1")
+    metric: Literal["bits", "accuracy", "chrf", "squad", "numeric"] = field(
+        "bits", help="chrf: chrF++; squad: exact match and F1; numeric: the final number of a worked answer, exact"
+    )
     max_new_tokens: int = field(48, minimum=1, help="generation: the longest answer, in tokens")
     stop: list[str] = field(default_factory=lambda: ["\n"], help="generation ends at the first of these")
     source: str = dataclass_field(default="", init=False, compare=False)  # the YAML file it was read from
 
     def __post_init__(self) -> None:
         check_ranges(self, f"task {self.name}")
-        expected = {"language_modeling": {"bits"}, "multiple_choice": {"accuracy"}, "generation": {"chrf", "squad"}}
+        expected = {
+            "language_modeling": {"bits"},
+            "multiple_choice": {"accuracy"},
+            "generation": {"chrf", "squad", "numeric"},
+        }
         if self.metric not in expected[self.type]:
             raise ValueError(
                 f"metric {self.metric!r} does not fit type {self.type!r} (use {sorted(expected[self.type])})"
@@ -142,7 +151,7 @@ class Task:
         else:
             path = self.path(lang)
             if path is not None and path.is_file():
-                rows = _read(path, self.data.format, rejected)
+                rows = _read(path, self.data.format, rejected, self.data.fieldnames)
             elif self.data.hf and not _offline():
                 rows = self._from_hub(lang, path)
             else:
@@ -290,7 +299,7 @@ def _lines(path: Path) -> list[str]:
     return [line for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
-def _read(path: Path, fmt: str, rejected: Counter) -> list[dict]:
+def _read(path: Path, fmt: str, rejected: Counter, fieldnames: list[str] | None = None) -> list[dict]:
     """Rows of a local file; unreadable rows are counted in ``rejected``, never dropped silently."""
     if fmt == "auto":
         suffix = path.suffix.lower().lstrip(".")
@@ -328,7 +337,7 @@ def _read(path: Path, fmt: str, rejected: Counter) -> list[dict]:
 
         return pq.read_table(path).to_pylist()
     with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle, delimiter="\t" if fmt == "tsv" else ",")
+        reader = csv.DictReader(handle, fieldnames=fieldnames or None, delimiter="\t" if fmt == "tsv" else ",")
         header = [h.strip().lower() for h in reader.fieldnames or []]
         rows = []
         for row in reader:

@@ -1,5 +1,6 @@
 """Evaluation: chunking, log-likelihood scoring, metrics and intervals, the store and the leaderboard."""
 
+import json
 import math
 import multiprocessing
 from pathlib import Path
@@ -236,6 +237,7 @@ def test_cached_results_are_reused_until_the_weights_change(tmp_path, long_base_
         model=str(model_dir),
         output_dir=str(tmp_path / "eval"),
         db=str(tmp_path / "lb.sqlite"),
+        recheck_fraction=0.0,  # counted below: scoring only, not the batch-size-1 recheck
     )
     first = evaluate(config)["runs"][0]
     scored = []
@@ -291,7 +293,11 @@ def test_cached_results_are_not_reused_when_the_task_data_changes(tmp_path, long
         f"name: local-text\ndescription: a local file\ndata: {{path: '{tmp_path}/{{lang}}.txt'}}\nlanguages: [hi]\n"
     )
     config = EvalConfig(
-        tasks=[str(task)], model=str(long_base_dir), output_dir=str(tmp_path / "eval"), db=str(tmp_path / "lb.sqlite")
+        tasks=[str(task)],
+        model=str(long_base_dir),
+        output_dir=str(tmp_path / "eval"),
+        db=str(tmp_path / "lb.sqlite"),
+        recheck_fraction=0.0,  # counted below: scoring only, not the batch-size-1 recheck
     )
     first = evaluate(config)["runs"][0]["scores"]
     scored = []
@@ -300,3 +306,61 @@ def test_cached_results_are_not_reused_when_the_task_data_changes(tmp_path, long
     assert evaluate(config)["runs"][0]["scores"] == first and scored == []
     text.write_text("पहला अनुच्छेद बदल गया है।\nदूसरा अनुच्छेद।\n")  # a refreshed local copy of the data
     assert evaluate(config)["runs"][0]["scores"] != first and scored == [1]
+
+
+def test_grade_school_math_generates_and_scores_the_final_number(tmp_path, tiny_base_dir, monkeypatch):
+    from test_eval_tasks import write_mgsm
+
+    monkeypatch.setenv("INDICTUNE_EVAL_DATA", str(tmp_path / "data"))
+    write_mgsm(tmp_path / "data")
+    config = EvalConfig(
+        tasks=["mgsm"],
+        languages=["en"],  # the tiny base's tokenizer covers English only
+        model=str(tiny_base_dir),
+        output_dir=str(tmp_path / "eval"),
+        db=str(tmp_path / "lb.sqlite"),
+        bootstrap_samples=100,
+    )
+    (run,) = evaluate(config)["runs"]
+    (score,) = run["scores"]
+    assert (score["task"], score["lang"], score["metric"], score["n"]) == ("mgsm", "en", "exact_match", 1)
+    assert score["value"] in (0.0, 100.0)
+
+
+def test_scores_that_depend_on_the_batch_are_flagged(tmp_path, tiny_base_dir, monkeypatch):
+    """A seeded share of the items is rescored one at a time; a model whose outputs depend on what they are
+    batched with (here: a bias that grows with the batch, injected in the model's forward) is flagged."""
+    from indictune.eval import suite
+
+    def config(name, **settings):
+        return EvalConfig(
+            tasks=["sample-heldout"],
+            languages=["en"],
+            model=str(tiny_base_dir),
+            output_dir=str(tmp_path / name),
+            db=str(tmp_path / "lb.sqlite"),
+            batch_size=4,
+            use_cache=False,
+            **settings,
+        )
+
+    (run,) = evaluate(config("steady", recheck_fraction=0.5))["runs"]
+    assert run["batch_dependent"] == []
+
+    class BatchDependent(suite.Loaded):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+
+            def bias(module, inputs, output):
+                output.logits[..., 0] += 0.5 * (output.logits.shape[0] - 1)
+                return output
+
+            self.model.register_forward_hook(bias)
+
+    monkeypatch.setattr(suite, "Loaded", BatchDependent)
+    (run,) = evaluate(config("shifting", recheck_fraction=0.5))["runs"]
+    (flag,) = run["batch_dependent"]
+    assert (flag["task"], flag["lang"], flag["flagged"]) == ("sample-heldout", "en", True)
+    assert flag["largest_move"] > flag["tolerance"] == 1e-3
+    recorded = json.loads((tmp_path / "shifting" / "results.json").read_text())
+    assert recorded["runs"][0]["batch_dependent"] == run["batch_dependent"]

@@ -227,6 +227,7 @@ def test_every_shipped_task_parses_and_its_templates_render():
         "source_language": "English",
         "target_language": "Hindi",
         "answers": {"text": ["x"], "answer_start": [0]},
+        "answer_number": "18",
     }
     for path in sorted(TASKS_DIR.glob("*.yaml")):
         task = load_task(str(path))
@@ -283,3 +284,73 @@ def test_answer_matching_is_indic_aware():
     assert token_f1("नई दिल्ली में", [gold], "hi") == pytest.approx(2 * (2 / 3) * (2 / 5) / (2 / 3 + 2 / 5))
     assert token_f1("कुछ और", [gold, "कुछ और"], "hi") == 1.0
     assert token_f1("", [gold], "hi") == 0.0
+
+
+# ---- grade-school math (MGSM format) ------------------------------------------------------------------
+
+# Project-written problems, one per language, in MGSM's layout: question TAB numeric answer, no header.
+MGSM = {
+    "hi": "राम के पास 12 आम हैं। उसने 5 आम खाए और 3 और खरीदे। अब उसके पास कितने आम हैं?\t10",
+    "bn": "একটি বাক্সে ২০টি কলম আছে। ৪টি বাক্সে মোট কতটি কলম?\t80",
+    "te": "ఒక పుస్తకం ధర 150 రూపాయలు. 3 పుస్తకాల ధర ఎంత?\t450",
+    "ta": "ஒரு வகுப்பில் 36 மாணவர்கள் உள்ளனர். அவர்களில் பாதி பேர் பெண்கள். எத்தனை பெண்கள்?\t18",
+    "en": "A farmer has 1,200 eggs and sells 350 of them. How many eggs are left?\t850",
+}
+
+
+def write_mgsm(folder):
+    for lang, line in MGSM.items():
+        (folder / "mgsm").mkdir(parents=True, exist_ok=True)
+        (folder / "mgsm" / f"mgsm_{lang}.tsv").write_text(line + "\n", encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("answer", "number"),
+    [
+        ("12 - 5 = 7, 7 + 3 = 10. उत्तर 10 है।", 10),
+        ("৪ × ২০ = ৮০। উত্তর: ৮০", 80),  # Bengali digits
+        ("3 × 150 = ౪౫౦", 450),  # Telugu digits
+        ("36 / 2 = ௧௮.", 18),  # Tamil digits
+        ("उत्तर १,२०,००० रुपये है", 120000),  # Devanagari digits, Indian grouping
+        ("The answer is 1,200,000.", 1200000),
+        ("It costs 2.5 dollars each, so -3.75 in all", -3.75),
+        ("Half of 7 is 3.5", 3.5),
+    ],
+)
+def test_the_final_number_is_read_in_every_script_and_grouping(answer, number):
+    from indictune.eval.metrics import final_number, numeric_match
+
+    assert final_number(answer) == number
+    assert numeric_match(answer, [str(number)]) == 1.0
+    assert numeric_match(answer, [str(number + 1)]) == 0.0
+
+
+def test_an_answer_without_a_number_scores_zero():
+    from indictune.eval.metrics import final_number, numeric_match
+
+    assert final_number("मुझे नहीं पता") is None
+    assert numeric_match("मुझे नहीं पता", ["10"]) == 0.0
+
+
+def test_mgsm_files_without_a_header_become_worked_answer_items(tmp_path, monkeypatch):
+    monkeypatch.setenv("INDICTUNE_EVAL_DATA", str(tmp_path))
+    write_mgsm(tmp_path)
+    task = load_task("mgsm")
+    for lang, line in MGSM.items():
+        items, rejected = task.items(lang)
+        question, answer = line.split("\t")
+        assert not rejected and len(items) == 1 and items[0]["references"] == [answer]
+        assert items[0]["context"] == f"{task.literals[lang]['question']}: {question}\n{task.literals[lang]['answer']}:"
+
+
+def test_mgsm_scores_exact_final_numbers_against_a_base(tmp_path, monkeypatch):
+    from indictune.eval.suite import EvalConfig, summarize
+
+    task = load_task("mgsm")
+    config = EvalConfig(tasks=["mgsm"], model="m", output_dir=str(tmp_path), bootstrap_samples=200)
+    references = [["10"], ["80"], ["450"], ["18"]]
+    base = {"ids": ["0", "1", "2", "3"], "predictions": ["10", "8", "45", "18"], "references": references}
+    candidate = {**base, "predictions": ["= 10", "৮০", "౪౫౦", "௧௮ பெண்கள்"]}
+    (row,) = summarize(task, "hi", candidate, base, config)
+    assert row["metric"] == "exact_match" and row["value"] == 100.0 and row["n"] == 4
+    assert row["delta"] == pytest.approx(50.0) and row["p_value"] is not None

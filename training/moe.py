@@ -128,11 +128,12 @@ class ExpertLoad:
     def __init__(self, top_k: int):
         self.top_k = top_k
         self.counts: torch.Tensor | None = None  # [layers, experts], since last taken
-        self.aux_sum, self.aux_batches = 0.0, 0
+        self.aux_sum, self.aux_batches = None, 0  # a tensor, summed on the device: no sync per micro-batch
 
     def add(self, router_logits: tuple[torch.Tensor, ...] | None, aux_loss: torch.Tensor | None, mask=None) -> None:
         if aux_loss is not None:
-            self.aux_sum += float(aux_loss.detach())
+            aux = aux_loss.detach().double()
+            self.aux_sum = aux if self.aux_sum is None else self.aux_sum + aux
             self.aux_batches += 1
         if not router_logits:
             return
@@ -148,8 +149,8 @@ class ExpertLoad:
 
     def take(self) -> tuple[torch.Tensor | None, float, int]:
         """The counts, the router loss summed and the micro-batches it was summed over, since last taken."""
-        taken = self.counts, self.aux_sum, self.aux_batches
-        self.counts, self.aux_sum, self.aux_batches = None, 0.0, 0
+        taken = self.counts, 0.0 if self.aux_sum is None else float(self.aux_sum), self.aux_batches
+        self.counts, self.aux_sum, self.aux_batches = None, None, 0
         return taken
 
 
