@@ -184,7 +184,7 @@ def tiny_llama(vocab_size: int, tie: bool = False, seed: int = 0, positions: int
     return LlamaForCausalLM(config).eval()
 
 
-def tiny_mixtral(vocab_size: int, seed: int = 0, **settings):
+def tiny_mixtral(vocab_size: int, seed: int = 0):
     """A two-layer Mixtral (4 experts, top-2), randomly initialised, with Mixtral-8x7B's router loss weight."""
     import torch
     from transformers import MixtralConfig, MixtralForCausalLM
@@ -204,7 +204,6 @@ def tiny_mixtral(vocab_size: int, seed: int = 0, **settings):
         tie_word_embeddings=False,
         bos_token_id=1,
         eos_token_id=2,
-        **settings,
     )
     return MixtralForCausalLM(config).eval()
 

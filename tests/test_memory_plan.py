@@ -81,11 +81,11 @@ TINY = dict(
 )
 
 
-def tiny_llama(vocab=8192) -> LlamaConfig:
+def small_llama_config(vocab=8192) -> LlamaConfig:
     return LlamaConfig(**TINY, vocab_size=vocab)
 
 
-def tiny_mixtral(vocab=8192) -> MixtralConfig:
+def small_mixtral_config(vocab=8192) -> MixtralConfig:
     return MixtralConfig(**TINY, vocab_size=vocab, num_local_experts=4, num_experts_per_tok=2)
 
 
@@ -130,7 +130,7 @@ def test_full_fine_tuning_model_states_equal_deepspeeds_estimators(tmp_path, nam
 def test_tiny_model_states_equal_deepspeeds_estimators_on_a_real_model(tmp_path):
     from deepspeed.runtime.zero.stage3 import model_to_params
 
-    model_config = tiny_llama()
+    model_config = small_llama_config()
     total, largest = model_to_params(AutoModelForCausalLM.from_config(model_config))  # real tensors, on the CPU
     recipe = parse(tmp_path)
     for stage, nodes, gpus, offload_optimizer, offload_param in [
@@ -157,7 +157,7 @@ def test_mixtral_gathers_a_whole_moe_block_under_zero3(tmp_path):
 
 def test_lora_plans_model_states_for_the_trainable_parameters_only(tmp_path):
     """What DeepSpeed's estimators, which know no frozen parameters, would count in excess for LoRA."""
-    model_config = tiny_llama()
+    model_config = small_llama_config()
     recipe = parse(
         tmp_path, use_peft=True, lora_r=8, lora_alpha=16, lora_target_modules="all-linear", trainable_embeddings="none"
     )
@@ -176,10 +176,12 @@ def test_lora_plans_model_states_for_the_trainable_parameters_only(tmp_path):
 
 def test_buffers_and_allowance_come_on_top_of_the_model_states(tmp_path):
     recipe = parse(tmp_path)
-    zero = memory.plan_memory(*recipe, deepspeed_setup(2, 1, 8), model_config=tiny_llama())
+    zero = memory.plan_memory(*recipe, deepspeed_setup(2, 1, 8), model_config=small_llama_config())
     assert zero.communication_buffers == 2 * memory.DEEPSPEED_REDUCE_BUCKET_ELEMENTS  # one 16-bit bucket
     ddp = memory.plan_memory(
-        *recipe, memory.DistributedSetup(processes_per_machine=8, mixed_precision="bf16"), model_config=tiny_llama()
+        *recipe,
+        memory.DistributedSetup(processes_per_machine=8, mixed_precision="bf16"),
+        model_config=small_llama_config(),
     )
     assert ddp.communication_buffers == ddp.gradients  # DDP's buckets beside .grad
     assert ddp.master_weights == 0 and ddp.optimizer_states == 2 * ddp.weights_trainable  # bf16 moments, no master
@@ -227,7 +229,7 @@ def measured_activation_peak(model_config, checkpointing: bool, batch: int, leng
 @pytest.mark.parametrize("checkpointing", [False, True])
 @pytest.mark.parametrize("vocab", [8192, 256])  # the loss's peak, and a decoder layer's
 def test_activations_are_within_15_percent_of_the_measured_peak(tmp_path, architecture, checkpointing, vocab):
-    model_config = (tiny_llama if architecture == "llama" else tiny_mixtral)(vocab)
+    model_config = (small_llama_config if architecture == "llama" else small_mixtral_config)(vocab)
     batch, length = 2, 512
     recipe = parse(
         tmp_path,

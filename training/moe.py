@@ -3,8 +3,8 @@ loss, the load each expert gets, and LoRA on experts stored as fused 3-D paramet
 
 transformers 5 stores every MoE architecture it ships (Mixtral, Qwen2/3-MoE, OLMoE, DeepSeek-V2/V3, GPT-OSS, ...)
 the same way: one experts module per layer whose parameters are [num_experts, out, in] tensors, inside a block that
-also holds the router (and shared experts, where the architecture has them). That layout is what is detected here,
-so no table of model types is needed.
+also holds the router (and shared experts, where the architecture has them). That layout, and the older one of a
+list of separate expert modules, is what is detected here, so no table of model types is needed.
 """
 
 from __future__ import annotations
@@ -53,10 +53,10 @@ def register_zero3_leaves(model: nn.Module) -> list[str]:
     """Flag every MoE block as a ZeRO-3 leaf, so that DeepSpeed fetches the block's parameters (router, all
     experts, their LoRA) once, when the block starts, instead of module by module; returns the classes flagged.
 
-    Without it, ZeRO-3's prefetching and hooks follow the modules that ran on the first step and wait for
-    parameters other ranks never fetch when routing sends their tokens elsewhere (DeepSpeed #4966, #5008), and
-    peft's LoRA on fused expert parameters, which swaps the parameter out for a parametrization while the experts
-    run, reads the partitioned (empty) tensor. Call it on the model before peft wraps it.
+    Where experts are separate modules that run only for their tokens, ranks whose tokens chose different experts
+    would otherwise fetch different parameters, and the gathers stop matching: NCCL waits for ever (DeepSpeed
+    #4966, #5008), gloo aborts. Fused experts run on every rank whatever the routing, so there the registration
+    only makes a block one gather. Call it on the model before peft wraps it.
     """
     from deepspeed.utils import set_z3_leaf_modules
 
