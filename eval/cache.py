@@ -17,7 +17,7 @@ from indictune.core.io import atomic_write_text
 from indictune.core.paths import cache_root
 
 # Bump when scoring changes in a way that changes results.
-SCORING_VERSION = "2"
+SCORING_VERSION = "3"
 
 
 def cache_dir() -> Path:

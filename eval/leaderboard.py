@@ -6,6 +6,8 @@ p for right/wrong outcomes). Then, per candidate, a heat map of its changes vs i
 metric by language, green where it is better beyond the interval, red where worse. A candidate whose
 English score got worse beyond its interval is flagged: adapting to Indic languages must not cost
 the English it started with. Raw and byte-normalised accuracies are separate metrics, never mixed.
+A score whose items moved beyond the tolerance when a sample was rescored one at a time (batch-dependent
+numerics) carries ‡, with the largest move and the tolerance under its table.
 """
 
 from __future__ import annotations
@@ -32,6 +34,14 @@ METRIC_NAMES = {
     "f1": "token F1, %",
 }
 LOWER_IS_BETTER = {"bits_per_character", "bits_per_byte", "tokens_per_word"}
+# Counted from the tokenizer alone: no batch can move them, so a batch-dependent entry leaves them unmarked.
+TOKENIZER_METRICS = {"tokens_per_word"}
+BATCH_MARK = "‡"
+BATCH_NOTE = (
+    f"{BATCH_MARK} Depends on the batch: a sample of the items, rescored one at a time, moved beyond the tolerance "
+    "(in nats per byte for texts, in log-likelihood for choices, 1 where a generated answer changed), so the score "
+    "is not to be trusted blindly."
+)
 
 
 class LeaderboardError(ValueError):
@@ -64,8 +74,18 @@ class LeaderboardConfig:
     )
 
 
+def batch_dependent(run: dict) -> dict[tuple[str, str], dict]:
+    """The run's entries whose scores moved beyond the tolerance when rescored alone, by (task, lang)."""
+    return {(entry["task"], entry["lang"]): entry for entry in run.get("batch_dependent") or [] if entry["flagged"]}
+
+
+def _batch_entry(flagged: dict[tuple[str, str], dict], task: str, metric: str, lang: str) -> dict | None:
+    return None if metric in TOKENIZER_METRICS else flagged.get((task, lang))
+
+
 def tables(runs: list[dict], metrics: list[str]) -> list[dict]:
-    """[{task, metric, langs, rows: [{label, base_label, cells: {lang: score row}}]}] for rendering."""
+    """[{task, metric, langs, rows: [{label, base_label, cells: {lang: score row}, batch_dependent: {lang: entry}}]}]
+    for rendering."""
     grouped: dict[tuple[str, str], dict[str, dict[str, dict]]] = defaultdict(lambda: defaultdict(dict))
     for run in runs:
         for score in run["scores"]:
@@ -80,6 +100,11 @@ def tables(runs: list[dict], metrics: list[str]) -> list[dict]:
                 "base_label": run["base_label"],
                 "cells": by_label[run["label"]],
                 "base_mismatch": run.get("base_mismatch"),
+                "batch_dependent": {
+                    lang: entry
+                    for lang in by_label[run["label"]]
+                    if (entry := _batch_entry(batch_dependent(run), task, metric, lang))
+                },
             }
             for run in runs
             if run["label"] in by_label
@@ -127,6 +152,46 @@ def _cell_text(score: dict | None) -> str:
     return f"{score['value']:.3f}" + (f" ({detail})" if detail else "")
 
 
+def _batch_figures(entry: dict) -> str:
+    return (
+        f"largest move {entry['largest_move']:.3g} (tolerance {entry['tolerance']:.3g}) over "
+        f"{len(entry['items'])} items rescored alone"
+    )
+
+
+def _batch_footnotes(label: str, entries: list[dict]) -> list[str]:
+    """One line per flagged (task, lang) of the run, however many of the table's cells it marks."""
+    unique = {(entry["task"], entry["lang"]): entry for entry in entries}
+    return [f"{BATCH_MARK} {label}, {task} {lang}: {_batch_figures(entry)}" for (task, lang), entry in unique.items()]
+
+
+def _table_footnotes(table: dict) -> list[str]:
+    return [
+        line for row in table["rows"] for line in _batch_footnotes(row["label"], list(row["batch_dependent"].values()))
+    ]
+
+
+def _change_footnotes(change: dict) -> list[str]:
+    return _batch_footnotes(change["label"], list(change["batch_dependent"].values()))
+
+
+def _html_mark(entry: dict | None) -> str:
+    if entry is None:
+        return ""
+    tip = f"depends on the batch: {_batch_figures(entry)}"
+    return f" <span class='flag' title='{html.escape(tip)}'>{BATCH_MARK}</span>"
+
+
+def _html_footnotes(footnotes: list[str]) -> str:
+    if not footnotes:
+        return ""
+    return f"<p><small>{'<br>'.join(html.escape(line) for line in [BATCH_NOTE, *footnotes])}</small></p>"
+
+
+def _markdown_footnotes(footnotes: list[str]) -> list[str]:
+    return [BATCH_NOTE, "", *(f"- {line}" for line in footnotes), ""] if footnotes else []
+
+
 def _flags(run: dict) -> str:
     return " ⚠ base mismatch" if run.get("base_mismatch") else ""
 
@@ -150,7 +215,8 @@ def _first_sentence(reason: str) -> str:
 
 
 def candidates(runs: list[dict]) -> list[dict]:
-    """Runs compared with a base, each with {(task, metric): {lang: score}} of its changes."""
+    """Runs compared with a base, each with {(task, metric): {lang: score}} of its changes and
+    {(task, metric, lang): entry} of the changes that depend on the batch."""
     result = []
     for run in runs:
         if not run.get("base_label"):
@@ -178,6 +244,12 @@ def candidates(runs: list[dict]) -> list[dict]:
                 "english_regressed": english_regressed_anywhere(grid),
                 "english_verdict": english_verdict(grid, controls, skipped_controls),
                 "base_mismatch": run.get("base_mismatch"),
+                "batch_dependent": {
+                    (task, metric, lang): entry
+                    for (task, metric), cells in grid.items()
+                    for lang in cells
+                    if (entry := _batch_entry(batch_dependent(run), task, metric, lang))
+                },
             }
         )
     return result
@@ -228,14 +300,14 @@ def to_markdown(all_tables: list[dict], changes: list[dict], runs: list[dict]) -
         "",
         "## Runs",
         "",
-        "| model | base | scored (items) | skipped |",
-        "|---|---|---|---|",
+        "| model | base | backend | scored (items) | skipped |",
+        "|---|---|---|---|---|",
     ]
     for run in runs:
         scored, skipped = coverage(run)
         lines.append(
-            f"| {run['label']}{_flags(run)} | {run['base_label'] or '–'} | {'; '.join(scored) or '–'} | "
-            f"{'; '.join(skipped) or '–'} |"
+            f"| {run['label']}{_flags(run)} | {run['base_label'] or '–'} | {run['backend']} | "
+            f"{'; '.join(scored) or '–'} | {'; '.join(skipped) or '–'} |"
         )
     lines.append("")
     for run in runs:
@@ -250,9 +322,13 @@ def to_markdown(all_tables: list[dict], changes: list[dict], runs: list[dict]) -
         lines.append("|---|---|" + "---:|" * len(table["langs"]))
         for row in table["rows"]:
             flag = (" ⚠ English regressed" if english_regressed(row) else "") + _flags(row)
-            cells = " | ".join(_cell_text(row["cells"].get(lang)) for lang in table["langs"])
+            cells = " | ".join(
+                _cell_text(row["cells"].get(lang)) + (f" {BATCH_MARK}" if lang in row["batch_dependent"] else "")
+                for lang in table["langs"]
+            )
             lines.append(f"| {row['label']}{flag} | {row['base_label'] or '–'} | {cells} |")
         lines.append("")
+        lines += _markdown_footnotes(_table_footnotes(table))
     for change in changes:
         lines += [f"## Changes of {change['label']} vs {change['base_label']}", ""]
         warn, verdict = change["english_verdict"]
@@ -268,9 +344,11 @@ def to_markdown(all_tables: list[dict], changes: list[dict], runs: list[dict]) -
                     continue
                 low, high = improvement(score)
                 mark = "▲ " if low is not None and low > 0 else "▼ " if high is not None and high < 0 else ""
-                texts.append(mark + _delta_text(score))
+                batch = f" {BATCH_MARK}" if (task, metric, lang) in change["batch_dependent"] else ""
+                texts.append(mark + _delta_text(score) + batch)
             lines.append(f"| {task} | {metric} | " + " | ".join(texts) + " |")
         lines.append("")
+        lines += _markdown_footnotes(_change_footnotes(change))
     return "\n".join(lines)
 
 
@@ -322,9 +400,14 @@ def heatmap_png(change: dict) -> bytes:
             )
     fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(change["langs"]) + 3), max(2.5, 0.4 * len(rows) + 1.5)))
     ax.imshow(values, cmap="RdYlGn", vmin=-1, vmax=1, aspect="auto")
+    for i, (task, metric) in enumerate(rows):
+        for j, lang in enumerate(change["langs"]):
+            if (task, metric, lang) in change["batch_dependent"]:
+                ax.text(j, i, BATCH_MARK, ha="center", va="center", fontsize=12, fontweight="bold")
     ax.set_xticks(range(len(change["langs"])), change["langs"])
     ax.set_yticks(range(len(rows)), [f"{t} {m}" for t, m in rows], fontsize=8)
-    ax.set_title(f"{change['label']} vs base: green better, red worse (95% interval)", fontsize=9)
+    batch = f"\n{BATCH_MARK}: depends on the batch" if change["batch_dependent"] else ""
+    ax.set_title(f"{change['label']} vs base: green better, red worse (95% interval){batch}", fontsize=9)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
@@ -352,8 +435,8 @@ def to_html(all_tables: list[dict], changes: list[dict], runs: list[dict]) -> st
         "<p>Cells: score, change vs base with its 95% paired bootstrap interval (and McNemar's p for right/wrong "
         "outcomes), and n, the items behind the score; green: better beyond the interval, red: worse beyond it. "
         "Click a column to sort.</p>",
-        "<h2>Runs</h2><table><thead><tr><th>model</th><th>base</th><th>scored (items)</th><th>skipped</th>"
-        "</tr></thead><tbody>",
+        "<h2>Runs</h2><table><thead><tr><th>model</th><th>base</th><th>backend</th><th>scored (items)</th>"
+        "<th>skipped</th></tr></thead><tbody>",
     ]
     for run in runs:
         scored, skipped = coverage(run)
@@ -364,7 +447,7 @@ def to_html(all_tables: list[dict], changes: list[dict], runs: list[dict]) -> st
         )
         parts.append(
             f"<tr><td>{html.escape(run['label'])}{mismatch}</td><td>{html.escape(run['base_label'] or '–')}</td>"
-            f"<td>{'<br>'.join(map(html.escape, scored)) or '–'}</td>"
+            f"<td>{html.escape(run['backend'])}</td><td>{'<br>'.join(map(html.escape, scored)) or '–'}</td>"
             f"<td>{'<br>'.join(map(html.escape, skipped)) or '–'}</td></tr>"
         )
     parts.append("</tbody></table>")
@@ -385,11 +468,14 @@ def to_html(all_tables: list[dict], changes: list[dict], runs: list[dict]) -> st
                 if score is None:
                     parts.append("<td>–</td>")
                     continue
+                mark = _html_mark(change["batch_dependent"].get((task, metric, lang)))
                 parts.append(
-                    f"<td data-v='{score['delta']}' style='{_cell_style(score)}'>{html.escape(_delta_text(score))}</td>"
+                    f"<td data-v='{score['delta']}' style='{_cell_style(score)}'>{html.escape(_delta_text(score))}"
+                    f"{mark}</td>"
                 )
             parts.append("</tr>")
         parts.append("</tbody></table>")
+        parts.append(_html_footnotes(_change_footnotes(change)))
         png = base64.b64encode(heatmap_png(change)).decode()
         parts.append(f"<img alt='{html.escape(caption)}' src='data:image/png;base64,{png}'>")
     for table in all_tables:
@@ -411,10 +497,11 @@ def to_html(all_tables: list[dict], changes: list[dict], runs: list[dict]) -> st
                 sub = _delta_text(score)
                 parts.append(
                     f"<td data-v='{score['value']}' style='{_cell_style(score)}'>{score['value']:.3f}"
-                    f"<br><small>{html.escape(sub)}</small></td>"
+                    f"{_html_mark(row['batch_dependent'].get(lang))}<br><small>{html.escape(sub)}</small></td>"
                 )
             parts.append("</tr>")
         parts.append("</tbody></table>")
+        parts.append(_html_footnotes(_table_footnotes(table)))
         png = base64.b64encode(chart_png(table)).decode()
         parts.append(f"<img alt='{html.escape(heading)}' src='data:image/png;base64,{png}'>")
     parts.append(f"<script>{_SORT}</script></body></html>")

@@ -29,7 +29,10 @@ CREATE TABLE IF NOT EXISTS runs (
     dtype TEXT,
     recipe TEXT,                    -- JSON: the resolved evaluation config
     base_mismatch TEXT,             -- why the adapter's recorded base is not the model it was scored on, if allowed
-    skipped TEXT                    -- JSON: [{task, lang, shots, reason}] of suite entries not scored
+    skipped TEXT,                   -- JSON: [{task, lang, shots, reason}] of suite entries not scored
+    batch_dependent TEXT,           -- JSON: [{task, lang, items, largest_move, tolerance, flagged}] of entries
+                                    -- whose scores moved beyond the tolerance when rescored at batch size 1
+    backend TEXT                    -- the engine that scored: transformers or vllm; NULL before it was recorded
 );
 CREATE TABLE IF NOT EXISTS scores (
     run_id INTEGER NOT NULL REFERENCES runs(id),
@@ -66,6 +69,8 @@ RUN_COLUMNS = (
     "recipe",
     "base_mismatch",
     "skipped",
+    "batch_dependent",
+    "backend",
 )
 SCORE_COLUMNS = (
     "run_id",
@@ -111,6 +116,7 @@ def add_run(path: str | Path, run: dict[str, Any], scores: list[dict[str, Any]])
                 lineage=json.dumps(run.get("lineage"), ensure_ascii=False),
                 recipe=json.dumps(run.get("recipe"), ensure_ascii=False, default=str),
                 skipped=json.dumps(run.get("skipped") or [], ensure_ascii=False),
+                batch_dependent=json.dumps(run.get("batch_dependent") or [], ensure_ascii=False),
             )
             cursor = connection.execute(
                 f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join(':' + c for c in RUN_COLUMNS)})",
@@ -143,6 +149,9 @@ def latest_runs(path: str | Path) -> list[dict[str, Any]]:
                     "lineage": json.loads(run["lineage"] or "null"),
                     "recipe": json.loads(run["recipe"] or "null"),
                     "skipped": json.loads(run["skipped"] or "[]"),
+                    "batch_dependent": json.loads(run["batch_dependent"] or "[]"),
+                    # Runs stored before the backend was recorded were all scored by transformers.
+                    "backend": run["backend"] or "transformers",
                     "scores": [dict(s) for s in scores],
                 }
             )

@@ -1,21 +1,36 @@
 """Score a checkpoint and its base model on Indic tasks and record both on the leaderboard.
 
 python scripts/evaluate.py --config recipes/eval/<suite>.yaml --model ID_OR_DIR [--adapter DIR ...] [--base ID_OR_DIR]
+
+Data-parallel, one model copy per process: accelerate launch --num_processes N scripts/evaluate.py ... (or
+torchrun --nproc_per_node N scripts/evaluate.py ...). A model too big for one GPU: --device_map auto, one process.
 """
 
-from indictune.core.log import setup_logging
-from indictune.core.recipe import RecipeError, parse_cli
-from indictune.eval.suite import EvalConfig, EvalError, evaluate
-from indictune.eval.tasks import MissingTaskData
+import os
+
+# Launchers number their processes in RANK. Only the main process prints; the others show no progress bars either
+# (tqdm reads TQDM_DISABLE when it is imported).
+MAIN_PROCESS = os.environ.get("RANK", "0") == "0"
+if not MAIN_PROCESS:
+    os.environ["TQDM_DISABLE"] = "1"
+
+from indictune.core.log import setup_logging  # noqa: E402
+from indictune.core.recipe import RecipeError, parse_cli  # noqa: E402
+from indictune.eval.suite import EvalConfig, EvalError, evaluate  # noqa: E402
+from indictune.eval.tasks import MissingTaskData  # noqa: E402
 
 
 def main() -> None:
-    config = parse_cli(EvalConfig, description=__doc__)
-    setup_logging(main_process=True)  # one process: indictune's messages at INFO, the libraries' as they are
+    setup_logging(main_process=MAIN_PROCESS)  # indictune's messages at INFO on the main process, WARNING elsewhere
     try:
+        config = parse_cli(EvalConfig, description=__doc__)
         results = evaluate(config)
     except (EvalError, RecipeError, MissingTaskData) as err:
-        raise SystemExit(f"error: {err}") from None
+        raise SystemExit(f"error: {err}" if MAIN_PROCESS else 1) from None
+    except SystemExit as stop:  # parse_cli's own message for a bad command line
+        raise SystemExit(stop.code if MAIN_PROCESS or not isinstance(stop.code, str) else 1) from None
+    if not MAIN_PROCESS:
+        return
     for run in results["runs"]:
         print(run["label"])
         for score in run["scores"]:

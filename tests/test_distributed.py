@@ -2,14 +2,12 @@
 over gloo): LoRA with an extended vocabulary and trainable new rows trains, the saved adapter reloads on a
 fresh base to the trained model's logits, and a ZeRO-3 run resumes on the same loss curve."""
 
-import os
 import shutil
-import signal
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_unless_hung
 from peft import AutoPeftModelForCausalLM
 from safetensors.torch import load_file
 
@@ -78,26 +76,12 @@ def launch(
         "true",
         *extra,
     ]
-    env = {
-        **os.environ,
-        "DS_ACCELERATOR": "cpu",
-        "OMP_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        **(env or {}),
-    }
-    env["PATH"] = f"{Path(os.sys.executable).parent}:{env['PATH']}"
-    with subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    ) as run:
-        try:
-            stdout, stderr = run.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(run.pid, signal.SIGKILL)
-            stdout, stderr = run.communicate()
-            pytest.fail(f"the two ranks hung: still running after {timeout} s\n{stdout[-2000:]}{stderr[-3000:]}")
+    returncode, stdout, stderr = run_unless_hung(
+        command, {"DS_ACCELERATOR": "cpu", **(env or {})}, timeout, "the two ranks"
+    )
     if not check:
-        return {"returncode": run.returncode, "stdout": stdout, "stderr": stderr}
-    assert run.returncode == 0, stdout[-3000:] + stderr[-5000:]
+        return {"returncode": returncode, "stdout": stdout, "stderr": stderr}
+    assert returncode == 0, stdout[-3000:] + stderr[-5000:]
     return {**torch.load(out / "trained.pt", weights_only=False), "stdout": stdout}
 
 

@@ -147,30 +147,65 @@ def test_english_regression_is_flagged_only_beyond_the_interval():
 # ---- multiple choice, generation, adapters and the result cache ------------------------------------------
 
 
-def test_choices_scored_on_a_shared_context_equal_whole_sequences(long_base_dir):
+QUESTION_SHAPES = [
+    ("राम घर गया क्योंकि ", ["वह थक गया था।", "बारिश"]),
+    ("Question: who?\nAnswer:", [" a", " the long answer here", " b c"]),
+    ("बहुत लंबा संदर्भ " * 20, [" हाँ", " नहीं बिलकुल नहीं"]),
+    # Choices with a common beginning: it is scored once, with the context.
+    ("उत्तर चुनें:", [" विकल्प क", " विकल्प ख", " विकल्प ग है"]),
+    ("एक", [" दो तीन चार पाँच छह सात आठ नौ दस ग्यारह बारह", " तेरह"]),
+    ("अकेला विकल्प", [" केवल यही"]),
+]
+
+
+def direct_loglikelihood(model, tokenizer, context, continuation):
+    from indictune.eval.scoring import encode_pair
+
+    ctx, cont = encode_pair(tokenizer, context, continuation)
+    ids = torch.tensor([ctx + cont])
+    with torch.no_grad():
+        logprobs = F.log_softmax(model(ids).logits[0, :-1].double(), -1)
+    return logprobs[len(ctx) - 1 :].gather(-1, ids[0, len(ctx) :, None]).sum().item()
+
+
+@pytest.mark.parametrize("strategy", ["auto", "packed", "shared", "whole"])
+@pytest.mark.parametrize("batch_size", [1, 2, 6])
+def test_every_scoring_strategy_equals_each_choice_scored_alone(long_base_dir, strategy, batch_size):
     from transformers import AutoModelForCausalLM
 
-    from indictune.eval.scoring import choice_loglikelihoods, encode_pair
+    from indictune.eval.scoring import choice_loglikelihoods
 
     tokenizer = AutoTokenizer.from_pretrained(long_base_dir)
     model = AutoModelForCausalLM.from_pretrained(long_base_dir).eval()
-    questions = [
-        ("राम घर गया क्योंकि ", ["वह थक गया था।", "बारिश"]),
-        ("Question: who?\nAnswer:", [" a", " the long answer here", " b c"]),
-        ("बहुत लंबा संदर्भ " * 20, [" हाँ", " नहीं बिलकुल नहीं"]),
-    ]
-    shared = choice_loglikelihoods(model, tokenizer, questions, batch_size=2)
-    whole = choice_loglikelihoods(model, tokenizer, questions, batch_size=3, share_context=False)
-    for context, continuations in questions[:1]:
-        for c, got in zip(continuations, shared[0]):
-            ctx, cont = encode_pair(tokenizer, context, c)
-            ids = torch.tensor([ctx + cont])
-            with torch.no_grad():
-                logprobs = F.log_softmax(model(ids).logits[0, :-1].float(), -1)
-            direct = logprobs[len(ctx) - 1 :].gather(-1, ids[0, len(ctx) :, None]).sum().item()
-            assert got == pytest.approx(direct, abs=1e-4)
-    assert [len(s) for s in shared] == [2, 3, 2]
-    assert all(a == pytest.approx(b, abs=1e-4) for s, w in zip(shared, whole) for a, b in zip(s, w))
+    got = choice_loglikelihoods(model, tokenizer, QUESTION_SHAPES, batch_size=batch_size, strategy=strategy)
+    assert [len(s) for s in got] == [len(c) for _, c in QUESTION_SHAPES]
+    for (context, continuations), scores in zip(QUESTION_SHAPES, got):
+        for continuation, score in zip(continuations, scores):
+            assert score == pytest.approx(direct_loglikelihood(model, tokenizer, context, continuation), abs=1e-5)
+
+
+def test_the_cheaper_strategy_and_passes_are_chosen_from_the_token_counts():
+    from indictune.eval.scoring import _Costs, _Question
+
+    # The proportions of the 6-layer benchmark model on a CPU: 19M parameters in the layers, 16M in the output.
+    costs = _Costs(layers=19e6, output=16e6, pair=2 * 512 * 6, per_pass=16 * 19e6)
+    long_context = [_Question(list(range(400)), 0, [[1, 2, 3]] * 4) for _ in range(8)]
+    assert costs.shared(long_context) < costs.whole(long_context) / 3
+    # Next to nothing to share: one pass of whole sequences costs less than a context pass and a choices' pass.
+    short_context = [_Question([1, 2], 0, [list(range(10)), list(range(10, 20))])]
+    assert costs.whole(short_context) < costs.shared(short_context)
+    # Choices' remaining tokens run in passes of similar length; nothing left, no pass.
+    _, passes = costs.rest_passes([30, 0, 29, 2, 1, 30, 2], context_width=100)
+    assert passes == [[0, 5, 2], [3, 6, 4]]
+
+
+def test_log_likelihoods_are_summed_in_double_precision():
+    from indictune.eval.scoring import _target_logprobs
+
+    # 60 terms near -10: a float32 sum is off by several of its last units (about 6e-5 at 600), float64 is exact.
+    terms = torch.full((1, 60, 2), -10.0) + torch.linspace(0, 1e-3, 120).reshape(1, 60, 2)
+    exact = sum(float(x) for x in terms[0, :, 1].double())
+    assert _target_logprobs(terms, [[1] * 60]).item() == pytest.approx(exact, abs=1e-9)
 
 
 def test_adapters_swap_on_one_base_and_match_single_runs(tmp_path, long_base_dir, monkeypatch):
@@ -331,6 +366,8 @@ def test_scores_that_depend_on_the_batch_are_flagged(tmp_path, tiny_base_dir, mo
     """A seeded share of the items is rescored one at a time; a model whose outputs depend on what they are
     batched with (here: a bias that grows with the batch, injected in the model's forward) is flagged."""
     from indictune.eval import suite
+
+    monkeypatch.setenv("INDICTUNE_CACHE", str(tmp_path / "cache"))  # the perturbed scores are cached apart
 
     def config(name, **settings):
         return EvalConfig(
