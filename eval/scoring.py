@@ -338,12 +338,15 @@ def _packed_kept(question: _Question) -> int:
 
 
 def _packs(model, batch: list[_Question]) -> bool:
-    """Whether the model computes a packed batch as it computes each choice alone: its attention takes an arbitrary
-    mask, and no sliding window is shorter than the sequences (a custom mask replaces the window's)."""
+    """Whether the model computes a packed batch as it computes each choice alone: it takes position ids (not alibi
+    from the mask), its attention takes an arbitrary mask, and no sliding window is shorter than the sequences (a
+    custom mask replaces the window's)."""
     config = model.config.get_text_config()
     window = getattr(config, "sliding_window", None)
-    return getattr(config, "_attn_implementation", None) in ("sdpa", "eager") and (
-        not window or max(_packed_length(q) for q in batch) <= window
+    return (
+        _takes(model, "position_ids")
+        and getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
+        and (not window or max(_packed_length(q) for q in batch) <= window)
     )
 
 
@@ -437,17 +440,21 @@ def _shared_batch(model, batch: list[_Question], vocab_size, costs: _Costs) -> l
     return _regroup(flat.tolist(), batch)
 
 
+def _takes(model, argument: str) -> bool:
+    """Whether the model's forward (under any peft wrapper) names this argument."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return argument in inspect.signature(base.forward).parameters
+
+
 def _cache_argument(model) -> str:
     """The name a model's forward takes its key/value cache by (transformers 5 renamed past_key_values to cache)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    return "cache" if _takes(model, "cache") else "past_key_values"
 
 
 def _forward(model, keep: int, **inputs):
     """The model's output with the logits of the last ``keep`` positions only (all for 0): the output layer over a
     vocabulary of 32-256K costs as much as several layers, and most positions' logits would never be read."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if "logits_to_keep" in inspect.signature(base.forward).parameters:
+    if _takes(model, "logits_to_keep"):
         return model(**inputs, logits_to_keep=keep)
     out = model(**inputs)  # custom model code without the argument: the same numbers, sliced afterwards
     if keep:

@@ -76,7 +76,7 @@ def test_bench_eval_agrees_with_lm_evaluation_harness_and_is_faster_on_every_sha
 ):
     """Two choices after short premises, eleven labels after headlines, four after long passages (a few only: lm-eval
     takes 15 s a batch of them here): each within 1e-4 of lm-eval's log-likelihoods and faster. The 2x goals are
-    checked as they are; COPA's 1.5x, which docs/benchmarks.md measures at 1.54x on 200 questions, only to 1.3x:
+    checked as they are; COPA's 1.5x, which docs/benchmarks.md measures at 1.73x on 200 questions, only to 1.3x:
     on 16 questions of a shared 2-core machine its ratio moves by a tenth either way."""
     out = tmp_path / "eval.json"
     result = subprocess.run(
