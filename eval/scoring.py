@@ -7,10 +7,11 @@ tokens must not give probability to rows it never had.
 
 Multiple choice follows lm-evaluation-harness's encoding (trailing spaces of the context move to the
 answer; the answer's tokens are those of context+answer after the context's), so per-choice scores
-agree with it. How a batch of questions runs is chosen from its token counts: contexts once with their
-key/value cache copied to every choice, or every (context, choice) sequence whole; tokens all choices
-begin with are scored once, with the context. Only the logits that are read are computed, and
-log-probabilities are summed in float64.
+agree with it. How a batch of questions runs is chosen from its token counts: each question as one
+sequence with its choices under a block attention mask, its context once with the key/value cache copied
+to every choice, or every (context, choice) sequence whole; tokens all choices begin with are scored
+once, with the context. Only the logits that are read are computed, and log-probabilities are summed in
+float64.
 """
 
 from __future__ import annotations
