@@ -134,19 +134,18 @@ def text_nll(
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """Context and continuation token ids, the context starting with the context token."""
-    context_ids, whole = _context_and_whole(tokenizer, context, continuation)
+    context_ids, (whole,) = _context_and_wholes(tokenizer, context, [continuation])
     return context_ids, whole[len(context_ids) :]
 
 
-def _context_and_whole(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """Ids of the context and of context + continuation, both after the context token."""
-    spaces = len(context) - len(context.rstrip())
-    if spaces:
-        context, continuation = context[:-spaces], context[-spaces:] + continuation
+def _context_and_wholes(tokenizer, context: str, continuations: list[str]) -> tuple[list[int], list[list[int]]]:
+    """Ids of the context and of context + each continuation, all after the context token; the context is
+    tokenized once, the whole texts in one call."""
+    stem = context.rstrip()  # its trailing spaces belong to the continuations
     start = [context_token(tokenizer)]
-    context_ids = start + tokenizer(context, add_special_tokens=False)["input_ids"] if context else start
-    whole = start + tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
-    return context_ids, whole
+    context_ids = start + tokenizer(stem, add_special_tokens=False)["input_ids"] if stem else start
+    wholes = tokenizer([context + c for c in continuations], add_special_tokens=False)["input_ids"]
+    return context_ids, [start + ids for ids in wholes]
 
 
 @dataclass
@@ -162,9 +161,8 @@ class _Question:
 
 def _question(tokenizer, context: str, continuations: list[str]) -> tuple[_Question, list[list[int]]]:
     """The question's tokens, and each choice's whole text ids (for the coverage check)."""
-    pairs = [_context_and_whole(tokenizer, context, c) for c in continuations]
-    context_ids = pairs[0][0]  # the same for every choice: it depends only on the context
-    choices = [whole[len(context_ids) :] for _, whole in pairs]
+    context_ids, wholes = _context_and_wholes(tokenizer, context, continuations)
+    choices = [whole[len(context_ids) :] for whole in wholes]
     if not all(choices):
         raise ScoringError(f"a choice encodes to no tokens after context {context[-60:]!r}")
     # Tokens every choice starts with are scored once, as part of the context (each choice keeps one).
@@ -174,7 +172,7 @@ def _question(tokenizer, context: str, continuations: list[str]) -> tuple[_Quest
         while prefix < shortest and all(c[prefix] == choices[0][prefix] for c in choices):
             prefix += 1
     question = _Question(context_ids + choices[0][:prefix], prefix, [c[prefix:] for c in choices])
-    return question, [whole[1:] for _, whole in pairs]
+    return question, [whole[1:] for whole in wholes]
 
 
 @dataclass
